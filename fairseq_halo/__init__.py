@@ -1,0 +1,12 @@
+"""fairseq-halo: Halo training and PredPatt extraction models as a fairseq ``--user-dir`` plugin.
+
+Importing the package registers the ``halo_cross_entropy`` criterion and the ``halo_lstm``
+architectures with fairseq and allow-lists the globals of fairseq checkpoints for torch's
+weights-only loading. Modules are imported relatively, so the package registers once even when
+it is reachable under a second name.
+"""
+
+from . import checkpoint  # noqa: F401  (allow-lists checkpoint globals on import)
+from . import criterions, models  # noqa: F401  (registers components with fairseq)
+
+__version__ = "0.1.0"

@@ -1,0 +1,225 @@
+"""The ``halo_cross_entropy`` criterion: token NLL plus the Halo term (Mei et al., *SEM 2018).
+
+Notation, per target position (see :mod:`fairseq_halo.halo` for the functions):
+
+- ``h``: ``(B, T, C)`` the decoder state that feeds the output layer, in (-1, 1)^C for
+  ``halo_lstm`` (its tanh attentional state);
+- ``h_uniform``: ``(K, B, T, C)`` uniform draws in (-1, 1)^C;
+- ``lambda_``: ``(K, B, T, 1)`` interpolation weights drawn from Beta(alpha, beta);
+- ``h_noisy = h + lambda_ * (h_uniform - h)``: ``(K, B, T, C)`` the neighbours;
+- ``q``: the probability mass of each token class under the output layer applied to h_noisy.
+
+loss = NLL of the gold token (optionally label-smoothed) + halo_weight * -log q[class of gold],
+summed over target positions; the Halo term is averaged over the K neighbours and skips
+positions whose gold token has no class. The term is a training regularizer: validation and
+``checkpoint_best.pt`` use the clean loss only, so their numbers are comparable across settings.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
+
+from .. import halo, predpatt
+from ..partition import PARTITION_CHOICES, build_partition, gold_classes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HaloCrossEntropyConfig(FairseqDataclass):
+    halo_weight: float = field(
+        default=1.0,
+        metadata={"help": "weight of the Halo term in the loss; 0 turns Halo off (plain "
+                          "cross entropy, or label-smoothed with --label-smoothing)"},
+    )
+    halo_alpha: float = field(
+        default=1.0, metadata={"help": "alpha of Beta(alpha, beta) for lambda_, > 0"},
+    )
+    halo_beta: float = field(
+        default=19.0, metadata={"help": "beta of Beta(alpha, beta) for lambda_, > 0; the "
+                                        "mean interpolation weight is alpha / (alpha + beta)"},
+    )
+    halo_samples: int = field(
+        default=1, metadata={"help": "K, the number of noisy neighbours per position whose "
+                                     "Halo terms are averaged; all K share one projection"},
+    )
+    halo_noise: ChoiceEnum(list(halo.NOISE_CHOICES)) = field(
+        default="uniform",
+        metadata={"help": "uniform: interpolate towards a uniform draw in (-1,1)^C with a "
+                          "Beta weight; atanh-gaussian: Gaussian noise of --halo-sigma in atanh "
+                          "space; gaussian: additive Gaussian noise of --halo-sigma, for "
+                          "models whose features are not bounded (e.g. transformer)"},
+    )
+    halo_sigma: float = field(
+        default=1.0, metadata={"help": "standard deviation of the Gaussian noise of "
+                                       "--halo-noise atanh-gaussian and gaussian, > 0"},
+    )
+    halo_partition: ChoiceEnum(list(PARTITION_CHOICES)) = field(
+        default="tag",
+        metadata={"help": "token classes: tag (predicate vs. argument by PredPatt suffix), "
+                          "tsv (from --halo-class-file) or singleton (each token its own class)"},
+    )
+    halo_class_file: Optional[str] = field(
+        default=None, metadata={"help": "token<TAB>class file for --halo-partition tsv"},
+    )
+    halo_unk_class: ChoiceEnum([predpatt.PREDICATE, predpatt.ARGUMENT]) = field(
+        default=predpatt.ARGUMENT,
+        metadata={"help": "class of the plain <unk> token in the tag partition"},
+    )
+    halo_chunk_size: int = field(
+        default=0,
+        metadata={"help": "if > 0, compute the Halo term over chunks of this many target "
+                          "positions, recomputed in the backward pass, to bound its memory; "
+                          "0 projects clean and noisy states in one call"},
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "epsilon for label smoothing of the NLL term, 0 for none"},
+    )
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+@register_criterion("halo_cross_entropy", dataclass=HaloCrossEntropyConfig)
+class HaloCrossEntropyCriterion(FairseqCriterion):
+    def __init__(self, task, halo_weight, halo_alpha, halo_beta, halo_samples, halo_noise,
+                 halo_sigma, halo_partition, halo_class_file, halo_unk_class, halo_chunk_size,
+                 label_smoothing, sentence_avg):
+        super().__init__(task)
+
+        # Validate every option before any compute.
+        halo.check_noise_options(str(halo_noise), halo_alpha, halo_beta, halo_sigma, halo_samples)
+        if halo_weight < 0:
+            raise ValueError(f"--halo-weight must be >= 0, got {halo_weight}")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+        if halo_chunk_size < 0:
+            raise ValueError(f"--halo-chunk-size must be >= 0, got {halo_chunk_size}")
+        self.weight = halo_weight
+        self.alpha, self.beta, self.sigma = halo_alpha, halo_beta, halo_sigma
+        self.samples, self.noise = halo_samples, str(halo_noise)
+        self.chunk_size = halo_chunk_size
+        self.eps = label_smoothing
+        self.sentence_avg = sentence_avg
+
+        # The partition of the target dictionary, built and logged once.
+        self.partition = build_partition(
+            task.target_dictionary, str(halo_partition), halo_class_file, str(halo_unk_class)
+        )
+        self._members = {}
+        self._checked_bounds = self.noise not in halo.BOUNDED_NOISES
+        if self.weight > 0:
+            logger.info(
+                f"Halo: weight {self.weight}, noise {self.noise}, K={self.samples}, "
+                + (f"lambda_ ~ Beta({self.alpha}, {self.beta})" if self.noise == "uniform"
+                   else f"sigma {self.sigma}")
+            )
+
+    def members(self, device):
+        """Return the class members on ``device`` (None for the singleton partition)."""
+        if self.partition.is_singleton:
+            return None
+        if device not in self._members:
+            self._members[device] = [m.to(device) for m in self.partition.class_members()]
+        return self._members[device]
+
+    def forward(self, model, sample, reduce=True):
+        """Compute the loss of a batch.
+
+        Returns:
+            ``(loss, sample_size, logging_output)``: the summed loss (float32 scalar), the
+            normalizer fairseq divides the gradient by, and the numbers to log.
+        """
+        target = model.get_targets(sample, None)  # (B, T)
+        h, extra = model.extract_features(**sample["net_input"])  # (B, T, C)
+        use_halo = self.weight > 0 and model.training
+        if use_halo and not self._checked_bounds:
+            self.check_bounded(h)
+
+        # One projection for the clean states and, unless chunked, all K neighbours.
+        h_noisy = None
+        if use_halo:
+            h_noisy = halo.perturb(h, self.noise, self.samples, self.alpha, self.beta, self.sigma)
+        if h_noisy is not None and self.chunk_size == 0:
+            B, T, C = h.shape
+            states = torch.cat([h.unsqueeze(0), h_noisy], dim=0).view(-1, T, C)  # ((K+1)B, T, C)
+            lprobs_all = self.log_probs(model, states, extra).view(self.samples + 1, B, T, -1)
+            lprobs, lprobs_noisy = lprobs_all[0], lprobs_all[1:]  # (B, T, V), (K, B, T, V)
+        else:
+            lprobs = self.log_probs(model, h, extra)  # (B, T, V)
+
+        # NLL of the gold token, label-smoothed if requested.
+        loss, nll_loss = label_smoothed_nll_loss(
+            lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
+            ignore_index=self.padding_idx, reduce=reduce,
+        )
+
+        # The Halo term on positions whose gold token has a class.
+        logging_output = {}
+        if use_halo:
+            gold_class = gold_classes(self.partition, target)  # (B, T)
+            mask = target.ne(self.padding_idx) & gold_class.ge(0)
+            members = self.members(target.device)
+            if self.chunk_size == 0:
+                halo_sum = halo.halo_term(lprobs_noisy, gold_class, mask, members, target)
+            else:
+                halo_sum = halo.chunked_halo_term(
+                    h_noisy, gold_class, mask, lambda x: self.log_probs(model, x, extra),
+                    members, target, self.chunk_size,
+                )
+            loss = loss + self.weight * halo_sum
+            logging_output["halo_loss"] = halo_sum.data
+            logging_output["halo_tokens"] = mask.sum().data
+
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output.update({
+            "loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0), "sample_size": sample_size,
+        })
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def log_probs(model, states, extra):
+        """Project states through the model's output layer into float32 log-probabilities."""
+        logits = model.output_layer(states)
+        return model.get_normalized_probs((logits, extra), log_probs=True).float()
+
+    def check_bounded(self, h):
+        """Stop with a clear message when a bounded recipe meets unbounded features (once)."""
+        largest = h.detach().abs().max().item()
+        if largest > 1.0:
+            raise ValueError(
+                f"--halo-noise {self.noise} needs decoder features in [-1, 1], but this model's "
+                f"features reach {largest:.3g}; use --halo-noise gaussian for models whose "
+                "features are not bounded (such as transformer)"
+            )
+        self._checked_bounds = True
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs; losses are reported in bits, as fairseq does."""
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        loss_sum, nll_sum = total("loss"), total("nll_loss")
+        ntokens, sample_size = total("ntokens"), total("sample_size")
+        metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size,
+                           round=3)
+        metrics.log_scalar("nll_loss", nll_sum / max(ntokens, 1) / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        if any("halo_loss" in log for log in logging_outputs):
+            halo_tokens = total("halo_tokens")
+            metrics.log_scalar(
+                "halo_loss", total("halo_loss") / max(halo_tokens, 1) / math.log(2),
+                halo_tokens, round=3,
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,200 @@
+"""The Halo term as pure tensor functions (Mei, Zhang, Duh and Van Durme, *SEM 2018).
+
+For a decoder state ``h`` in (-1, 1)^C at one target position, Halo draws a neighbour
+
+    h_uniform ~ Uniform(-1, 1)^C          (the paper's h'')
+    lambda_   ~ Beta(alpha, beta)         (one draw per position and neighbour)
+    h_noisy   = h + lambda_ * (h_uniform - h)
+
+feeds ``h_noisy`` through the model's own output layer and sums the resulting probabilities
+over each class of a partition of the vocabulary into ``q`` (by default: predicate tokens and
+argument tokens). The training loss adds ``-log q[class of the gold token]``. The functions here
+take and return plain tensors, so they can be tested without a model.
+"""
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+NOISE_CHOICES = ("uniform", "atanh-gaussian", "gaussian")
+BOUNDED_NOISES = ("uniform", "atanh-gaussian")
+
+
+def open_bound(dtype: torch.dtype) -> float:
+    """Return the largest value below 1 that the Halo recipes let a bounded state reach.
+
+    tanh saturates to exactly +-1.0 in floating point, so bounded states are clamped to
+    ``[-open_bound, open_bound]`` to keep them inside the open cube (-1, 1)^C.
+    """
+    return 1.0 - torch.finfo(dtype).eps
+
+
+def check_noise_options(noise: str, alpha: float, beta: float, sigma: float, samples: int) -> None:
+    """Raise ValueError, naming the flag and the fix, for Halo noise settings that cannot work."""
+    if noise not in NOISE_CHOICES:
+        raise ValueError(
+            f"--halo-noise {noise!r} is invalid; choose one of {', '.join(NOISE_CHOICES)}"
+        )
+    if noise == "uniform":
+        if not alpha > 0:
+            raise ValueError(f"--halo-alpha must be > 0 for the Beta distribution, got {alpha}")
+        if not beta > 0:
+            raise ValueError(f"--halo-beta must be > 0 for the Beta distribution, got {beta}")
+    elif not sigma > 0:
+        raise ValueError(f"--halo-sigma must be > 0 for --halo-noise {noise}, got {sigma}")
+    if samples < 1:
+        raise ValueError(f"--halo-samples must be at least 1, got {samples}")
+
+
+def sample_lambda(shape: Tuple[int, ...], alpha: float, beta: float, like: torch.Tensor):
+    """Draw interpolation weights ``lambda_ ~ Beta(alpha, beta)``.
+
+    Returns:
+        A tensor of ``shape`` with the dtype and device of ``like``, values in [0, 1].
+    """
+    concentration1 = torch.full(shape, float(alpha), dtype=torch.float32, device=like.device)
+    concentration0 = torch.full(shape, float(beta), dtype=torch.float32, device=like.device)
+    lambda_ = torch.distributions.Beta(concentration1, concentration0).sample()
+    return lambda_.to(like.dtype)
+
+
+def perturb(
+    h: torch.Tensor, noise: str = "uniform", samples: int = 1, alpha: float = 1.0,
+    beta: float = 19.0, sigma: float = 1.0,
+) -> torch.Tensor:
+    """Draw ``samples`` noisy neighbours of every state.
+
+    Args:
+        h: ``(B, T, C)`` float decoder states; in [-1, 1] for the bounded recipes.
+        noise: ``uniform`` (interpolate towards a uniform draw with a Beta weight),
+            ``atanh-gaussian`` (add Gaussian noise of std ``sigma`` in atanh space, map back
+            with tanh) or ``gaussian`` (add Gaussian noise of std ``sigma`` to ``h``).
+        samples: K, the number of neighbours per state.
+
+    Returns:
+        ``(K, B, T, C)`` h_noisy, strictly inside (-1, 1) for the bounded recipes. No gradient
+        flows into the noise itself; the gradient with respect to ``h`` does flow.
+    """
+    shape = (samples,) + tuple(h.shape)
+    if noise == "uniform":
+        bound = open_bound(h.dtype)
+        h_uniform = torch.empty(shape, dtype=h.dtype, device=h.device).uniform_(-bound, bound)
+        lambda_ = sample_lambda(shape[:-1] + (1,), alpha, beta, h)  # (K, B, T, 1)
+        h_noisy = h.unsqueeze(0) + lambda_ * (h_uniform - h.unsqueeze(0))
+        return h_noisy.clamp(-bound, bound)
+    if noise == "atanh-gaussian":
+        bound = open_bound(h.dtype)
+        z = torch.atanh(h.clamp(-bound, bound)).unsqueeze(0)  # (1, B, T, C), finite
+        z_noisy = z + sigma * torch.randn(shape, dtype=h.dtype, device=h.device)
+        return torch.tanh(z_noisy).clamp(-bound, bound)
+    if noise == "gaussian":
+        return h.unsqueeze(0) + sigma * torch.randn(shape, dtype=h.dtype, device=h.device)
+    raise ValueError(f"unknown Halo noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+
+
+def class_log_mass(lprobs: torch.Tensor, members: List[torch.Tensor]) -> torch.Tensor:
+    """Sum the probability of each class in log space: ``log q``.
+
+    Args:
+        lprobs: ``(..., V)`` float32 log-probabilities over the vocabulary.
+        members: for each of the ``n`` classes, an int64 tensor of its vocabulary indices
+            (disjoint, each non-empty).
+
+    Returns:
+        ``(..., n)`` float32 log q, computed with logsumexp over each class's columns so
+        that classes with tiny mass stay finite.
+    """
+    masses = [torch.logsumexp(lprobs.index_select(-1, index), dim=-1) for index in members]
+    return torch.stack(masses, dim=-1)
+
+
+def gold_class_log_mass(
+    lprobs: torch.Tensor, gold_class: torch.Tensor, members: Optional[List[torch.Tensor]],
+    singleton_ids: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Return ``log q[class of the gold token]`` at every position.
+
+    Args:
+        lprobs: ``(K, B, T, V)`` float32 log-probabilities of the noisy states.
+        gold_class: ``(B, T)`` int64 class of each gold token, -1 for none.
+        members: class members as in :func:`class_log_mass`; None for the singleton partition.
+        singleton_ids: for the singleton partition, ``(B, T)`` int64 gold token ids, whose
+            own probability is q.
+
+    Returns:
+        ``(K, B, T)`` float32; positions whose gold token has no class hold an arbitrary finite
+        value and must be masked by the caller.
+    """
+    if members is None:
+        index = singleton_ids.unsqueeze(0).unsqueeze(-1).expand(lprobs.size(0), -1, -1, 1)
+        return lprobs.gather(-1, index).squeeze(-1)  # (K, B, T)
+    log_q = class_log_mass(lprobs, members)  # (K, B, T, n)
+    index = gold_class.clamp(min=0).unsqueeze(0).unsqueeze(-1).expand(lprobs.size(0), -1, -1, 1)
+    return log_q.gather(-1, index).squeeze(-1)  # (K, B, T)
+
+
+def halo_term(
+    lprobs: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
+    members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Sum ``-mean_k log q_k[class of the gold token]`` over the masked positions.
+
+    Args:
+        lprobs: ``(K, B, T, V)`` float32 log-probabilities of the K noisy neighbours.
+        gold_class: ``(B, T)`` int64 class of each gold token, -1 for none.
+        mask: ``(B, T)`` bool, True where the term applies (not padding, gold token classed).
+        members: class members as in :func:`class_log_mass`; None for the singleton partition,
+            which then needs ``target``, the ``(B, T)`` int64 gold ids.
+
+    Returns:
+        A float32 scalar; exactly 0 when no position is masked in, so a batch without any
+        classed token adds nothing and stays finite.
+    """
+    log_q = gold_class_log_mass(lprobs, gold_class, members, target)  # (K, B, T)
+    weight = mask.to(log_q.dtype) / lprobs.size(0)  # (B, T), the mean over K folded in
+    # torch.where keeps masked positions out even if their log q is -inf there.
+    return -torch.where(mask.unsqueeze(0), log_q, torch.zeros_like(log_q)).mul(weight).sum()
+
+
+def chunked_halo_term(
+    h_noisy: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
+    log_probs_fn: Callable[[torch.Tensor], torch.Tensor],
+    members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor], chunk_size: int,
+) -> torch.Tensor:
+    """Compute :func:`halo_term` over chunks of ``chunk_size`` target positions.
+
+    Each chunk projects its K neighbours in one call and is recomputed in the backward pass
+    (activation checkpointing), so the extra memory stays within one chunk's logits.
+
+    Args:
+        h_noisy: ``(K, B, T, C)`` noisy states.
+        log_probs_fn: maps ``(N, T', C)`` states to ``(N, T', V)`` float32 log-probabilities
+            through the model's output layer; it must act on each position independently.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    K, B, T, C = h_noisy.shape
+    flat_noisy = h_noisy.reshape(K, 1, B * T, C)  # (K, 1, B*T, C)
+    flat_gold = gold_class.reshape(1, B * T)
+    flat_mask = mask.reshape(1, B * T)
+    flat_target = target.reshape(1, B * T) if target is not None else None
+
+    def chunk_term(noisy_part, gold_part, mask_part, target_part):
+        lprobs = log_probs_fn(noisy_part.reshape(K, -1, C)).unsqueeze(1)  # (K, 1, n, V)
+        return halo_term(lprobs, gold_part, mask_part, members, target_part)
+
+    total = h_noisy.new_zeros((), dtype=torch.float32)
+    for start in range(0, B * T, chunk_size):
+        part = slice(start, start + chunk_size)
+        target_part = flat_target[:, part] if flat_target is not None else None
+        total = total + checkpoint(
+            chunk_term, flat_noisy[:, :, part], flat_gold[:, part], flat_mask[:, part],
+            target_part, use_reentrant=False,
+        )
+    return total
+
+
+def beta_moments(alpha: float, beta: float) -> Tuple[float, float]:
+    """Return the mean and variance of Beta(alpha, beta)."""
+    total = alpha + beta
+    return alpha / total, alpha * beta / (total * total * (total + 1))

@@ -1,0 +1,3 @@
+"""Models registered by fairseq-halo."""
+
+from . import halo_lstm  # noqa: F401
