@@ -29,6 +29,10 @@ setup(
             "halo-score = fairseq_halo.score:cli_main",
             "halo-prepare = fairseq_halo.prepare:cli_main",
             "halo-demo-data = fairseq_halo.demo:cli_main",
+            "halo-train = fairseq_halo.cli:train",
+            "halo-generate = fairseq_halo.cli:generate",
+            "halo-interactive = fairseq_halo.cli:interactive",
+            "halo-user-dir = fairseq_halo.cli:user_dir",
         ],
     },
     classifiers=[
