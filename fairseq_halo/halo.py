@@ -92,6 +92,32 @@ def perturb(
     raise ValueError(f"unknown Halo noise {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
 
 
+def perturb_dims(
+    h: torch.Tensor, dims: slice, noise: str = "uniform", samples: int = 1, alpha: float = 1.0,
+    beta: float = 19.0, sigma: float = 1.0,
+) -> torch.Tensor:
+    """Draw neighbours that differ from ``h`` only in the feature dims ``dims``.
+
+    Some decoders' features contain more than the state Halo is about, such as the selective
+    decoder's tag selector input beside its candidate states. Only ``h[..., dims]`` is perturbed,
+    as in :func:`perturb`, and every other feature is copied unchanged.
+
+    Args:
+        h: ``(B, T, C)`` float features.
+        dims: a slice of ``range(C)`` with step 1.
+
+    Returns:
+        ``(K, B, T, C)`` h_noisy.
+    """
+    start, stop, step = dims.indices(h.size(-1))
+    assert step == 1, "Halo perturbs a contiguous range of feature dims"
+    if (start, stop) == (0, h.size(-1)):
+        return perturb(h, noise, samples, alpha, beta, sigma)
+    noisy = perturb(h[..., start:stop], noise, samples, alpha, beta, sigma)  # (K, B, T, C')
+    clean = h.unsqueeze(0).expand((samples,) + tuple(h.shape))  # (K, B, T, C)
+    return torch.cat([clean[..., :start], noisy, clean[..., stop:]], dim=-1)  # (K, B, T, C)
+
+
 def class_log_mass(lprobs: torch.Tensor, members: List[torch.Tensor]) -> torch.Tensor:
     """Sum the probability of each class in log space: ``log q``.
 

@@ -3,7 +3,9 @@
 Notation, per target position (see :mod:`fairseq_halo.halo` for the functions):
 
 - ``h``: ``(B, T, C)`` the decoder state that feeds the output layer, in (-1, 1)^C for
-  ``halo_lstm`` (its tanh attentional state);
+  ``halo_lstm`` (its tanh attentional state). A decoder whose features contain more than that
+  state names the dims to perturb with ``halo_state_dims()``, as the selective decoder of
+  ``halo_modelz`` and ``halo_modelp`` does for the state that feeds its tag selector;
 - ``h_uniform``: ``(K, B, T, C)`` uniform draws in (-1, 1)^C;
 - ``lambda_``: ``(K, B, T, 1)`` interpolation weights drawn from Beta(alpha, beta);
 - ``h_noisy = h + lambda_ * (h_uniform - h)``: ``(K, B, T, C)`` the neighbours;
@@ -114,6 +116,7 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         )
         self._members = {}
         self._checked_bounds = self.noise not in halo.BOUNDED_NOISES
+        self._logged_state_dims = False
         if self.weight > 0:
             logger.info(
                 f"Halo: weight {self.weight}, noise {self.noise}, K={self.samples}, "
@@ -139,13 +142,16 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         target = model.get_targets(sample, None)  # (B, T)
         h, extra = model.extract_features(**sample["net_input"])  # (B, T, C)
         use_halo = self.weight > 0 and model.training
+        dims = self.state_dims(model, h.size(-1)) if use_halo else None
         if use_halo and not self._checked_bounds:
-            self.check_bounded(h)
+            self.check_bounded(h[..., dims])
 
         # One projection for the clean states and, unless chunked, all K neighbours.
         h_noisy = None
         if use_halo:
-            h_noisy = halo.perturb(h, self.noise, self.samples, self.alpha, self.beta, self.sigma)
+            h_noisy = halo.perturb_dims(
+                h, dims, self.noise, self.samples, self.alpha, self.beta, self.sigma
+            )
         if h_noisy is not None and self.chunk_size == 0:
             B, T, C = h.shape
             states = torch.cat([h.unsqueeze(0), h_noisy], dim=0).view(-1, T, C)  # ((K+1)B, T, C)
@@ -189,6 +195,23 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         """Project states through the model's output layer into float32 log-probabilities."""
         logits = model.output_layer(states)
         return model.get_normalized_probs((logits, extra), log_probs=True).float()
+
+    def state_dims(self, model, C):
+        """Return the slice of the C feature dims that Halo perturbs, logged once.
+
+        A decoder may define ``halo_state_dims()`` returning ``(slice, description)``; without
+        it, all C features are perturbed.
+        """
+        hook = getattr(getattr(model, "decoder", None), "halo_state_dims", None)
+        if hook is None:
+            dims, description = slice(0, C), "all decoder output features"
+        else:
+            dims, description = hook()
+        if not self._logged_state_dims:
+            start, stop, _ = dims.indices(C)
+            logger.info(f"Halo perturbs features {start}:{stop} of {C}: {description}")
+            self._logged_state_dims = True
+        return dims
 
     def check_bounded(self, h):
         """Stop with a clear message when a bounded recipe meets unbounded features (once)."""
