@@ -159,11 +159,11 @@ def gold_class_log_mass(
     return log_q.gather(-1, index).squeeze(-1)  # (K, B, T)
 
 
-def halo_term(
+def halo_positions(
     lprobs: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
     members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Sum ``-mean_k log q_k[class of the gold token]`` over the masked positions.
+    """Compute ``-mean_k log q_k[class of the gold token]`` at every position.
 
     Args:
         lprobs: ``(K, B, T, V)`` float32 log-probabilities of the K noisy neighbours.
@@ -173,21 +173,29 @@ def halo_term(
             which then needs ``target``, the ``(B, T)`` int64 gold ids.
 
     Returns:
-        A float32 scalar; exactly 0 when no position is masked in, so a batch without any
+        ``(B, T)`` float32, exactly 0 at positions outside ``mask``, so a batch without any
         classed token adds nothing and stays finite.
     """
     log_q = gold_class_log_mass(lprobs, gold_class, members, target)  # (K, B, T)
-    weight = mask.to(log_q.dtype) / lprobs.size(0)  # (B, T), the mean over K folded in
     # torch.where keeps masked positions out even if their log q is -inf there.
-    return -torch.where(mask.unsqueeze(0), log_q, torch.zeros_like(log_q)).mul(weight).sum()
+    log_q = torch.where(mask.unsqueeze(0), log_q, torch.zeros_like(log_q))
+    return -log_q.mean(dim=0)  # (B, T)
 
 
-def chunked_halo_term(
+def halo_term(
+    lprobs: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
+    members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Sum :func:`halo_positions` over the batch: a float32 scalar, 0 when nothing is masked in."""
+    return halo_positions(lprobs, gold_class, mask, members, target).sum()
+
+
+def chunked_halo_positions(
     h_noisy: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
     log_probs_fn: Callable[[torch.Tensor], torch.Tensor],
     members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor], chunk_size: int,
 ) -> torch.Tensor:
-    """Compute :func:`halo_term` over chunks of ``chunk_size`` target positions.
+    """Compute :func:`halo_positions` over chunks of ``chunk_size`` target positions.
 
     Each chunk projects its K neighbours in one call and is recomputed in the backward pass
     (activation checkpointing), so the extra memory stays within one chunk's logits.
@@ -196,6 +204,9 @@ def chunked_halo_term(
         h_noisy: ``(K, B, T, C)`` noisy states.
         log_probs_fn: maps ``(N, T', C)`` states to ``(N, T', V)`` float32 log-probabilities
             through the model's output layer; it must act on each position independently.
+
+    Returns:
+        ``(B, T)`` float32 as :func:`halo_positions`.
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -205,19 +216,26 @@ def chunked_halo_term(
     flat_mask = mask.reshape(1, B * T)
     flat_target = target.reshape(1, B * T) if target is not None else None
 
-    def chunk_term(noisy_part, gold_part, mask_part, target_part):
+    def chunk_positions(noisy_part, gold_part, mask_part, target_part):
         lprobs = log_probs_fn(noisy_part.reshape(K, -1, C)).unsqueeze(1)  # (K, 1, n, V)
-        return halo_term(lprobs, gold_part, mask_part, members, target_part)
+        return halo_positions(lprobs, gold_part, mask_part, members, target_part)  # (1, n)
 
-    total = h_noisy.new_zeros((), dtype=torch.float32)
+    parts = []
     for start in range(0, B * T, chunk_size):
         part = slice(start, start + chunk_size)
         target_part = flat_target[:, part] if flat_target is not None else None
-        total = total + checkpoint(
-            chunk_term, flat_noisy[:, :, part], flat_gold[:, part], flat_mask[:, part],
+        parts.append(checkpoint(
+            chunk_positions, flat_noisy[:, :, part], flat_gold[:, part], flat_mask[:, part],
             target_part, use_reentrant=False,
-        )
-    return total
+        ))
+    return torch.cat(parts, dim=1).view(B, T)  # (B, T)
+
+
+def chunked_halo_term(h_noisy, gold_class, mask, log_probs_fn, members, target, chunk_size):
+    """Sum :func:`chunked_halo_positions` over the batch (a float32 scalar)."""
+    return chunked_halo_positions(
+        h_noisy, gold_class, mask, log_probs_fn, members, target, chunk_size
+    ).sum()
 
 
 def beta_moments(alpha: float, beta: float) -> Tuple[float, float]:

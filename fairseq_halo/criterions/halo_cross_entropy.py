@@ -173,13 +173,19 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
             mask = target.ne(self.padding_idx) & gold_class.ge(0)
             members = self.members(target.device)
             if self.chunk_size == 0:
-                halo_sum = halo.halo_term(lprobs_noisy, gold_class, mask, members, target)
+                per_position = halo.halo_positions(
+                    lprobs_noisy, gold_class, mask, members, target
+                )  # (B, T)
             else:
-                halo_sum = halo.chunked_halo_term(
+                per_position = halo.chunked_halo_positions(
                     h_noisy, gold_class, mask, lambda x: self.log_probs(model, x, extra),
                     members, target, self.chunk_size,
-                )
-            loss = loss + self.weight * halo_sum
+                )  # (B, T)
+            halo_sum = per_position.sum()
+            if reduce:
+                loss = loss + self.weight * halo_sum
+            else:
+                loss = loss + self.weight * per_position.view(loss.shape)  # (B*T, 1)
             logging_output["halo_loss"] = halo_sum.data
             logging_output["halo_tokens"] = mask.sum().data
 
