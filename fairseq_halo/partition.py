@@ -175,16 +175,24 @@ def build_partition(
         raise ValueError(
             f"--halo-partition {kind!r} is invalid; choose one of {', '.join(PARTITION_CHOICES)}"
         )
-    check_partition(partition, source=class_file or "the target dictionary")
+    # </s> and plain <unk> are classed by rule, so they cannot show that the words are tagged.
+    rule_indices = (dictionary.eos(), dictionary.unk()) if kind == "tag" else ()
+    check_partition(partition, source=class_file or "the target dictionary",
+                    rule_indices=rule_indices)
     logger.info(partition.summary())
     return partition
 
 
-def check_partition(partition: Partition, source: str) -> None:
-    """Raise ValueError naming every class that has no token in the dictionary."""
-    empty = [
-        name for name, size in zip(partition.class_names, partition.class_sizes()) if size == 0
-    ]
+def check_partition(partition: Partition, source: str, rule_indices: Sequence[int] = ()) -> None:
+    """Raise ValueError naming every class that has no token in the dictionary.
+
+    Tokens at ``rule_indices`` (dictionary indices) do not count towards a class's size.
+    """
+    token_class = partition.token_class.clone()
+    for index in rule_indices:
+        token_class[index] = NO_CLASS
+    sizes = torch.bincount(token_class[token_class >= 0], minlength=partition.num_classes)
+    empty = [name for name, size in zip(partition.class_names, sizes.tolist()) if size == 0]
     if partition.num_classes == 0:
         raise ValueError(f"the {partition.kind} partition of {source} has no class at all")
     if empty:
