@@ -1,8 +1,9 @@
 """fairseq-halo: Halo training and PredPatt extraction models as a fairseq ``--user-dir`` plugin.
 
-Importing the package registers the ``halo_cross_entropy`` criterion and the ``halo_lstm``
-architectures with fairseq and allow-lists the globals of fairseq checkpoints for torch's
-weights-only loading. Modules are imported relatively, so the package registers once even when
+Importing the package registers with fairseq the ``halo_cross_entropy`` criterion, the
+``halo_lstm`` architectures and the selective-decoding ``halo_modelz``/``halo_modelp``
+architectures, and allow-lists the globals of fairseq checkpoints for torch's weights-only
+loading. Modules are imported relatively, so the package registers once even when
 it is reachable under a second name.
 """
 

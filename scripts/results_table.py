@@ -3,10 +3,13 @@
 Usage: python scripts/results_table.py RUN_DIR [RUN_DIR ...]
 
 Each RUN_DIR is named ``<config>-seed<N>`` and contains ``score.json`` (``halo-score --json``) and
-optionally ``train_seconds``. With several seeds of a configuration, a mean row follows.
+optionally ``train_seconds`` and ``train.log``, whose last ``best_loss`` is the lowest validation
+loss (bits per target token, without the Halo term). With several seeds of a configuration, a mean
+row and a row with the sample standard deviation follow.
 """
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -18,6 +21,8 @@ COLUMNS = (
     ("F1 ARG", ("f1", "argument", "f1")),
     ("recoverability", ("recoverability", "score")),
 )
+
+LABELS = [label for label, _ in COLUMNS] + ["valid loss", "train s"]
 
 
 def lookup(report: Dict, keys) -> Optional[float]:
@@ -39,7 +44,16 @@ def read_row(run_dir: Path) -> Dict:
         row[label] = lookup(report, keys)
     seconds_file = run_dir / "train_seconds"
     row["train s"] = int(seconds_file.read_text()) if seconds_file.is_file() else None
+    row["valid loss"] = best_valid_loss(run_dir / "train.log")
     return row
+
+
+def best_valid_loss(log_file: Path) -> Optional[float]:
+    """Return the last ``best_loss`` that fairseq-train logged, or None."""
+    if not log_file.is_file():
+        return None
+    found = re.findall(r"best_loss ([0-9.]+)", log_file.read_text(encoding="utf-8"))
+    return float(found[-1]) if found else None
 
 
 def format_cell(value) -> str:
@@ -49,22 +63,25 @@ def format_cell(value) -> str:
 
 
 def mean_rows(rows: List[Dict]) -> List[Dict]:
-    """Return one mean row per configuration that has more than one seed."""
-    means = []
+    """Return a mean and a standard-deviation row per configuration with several seeds."""
+    summaries = []
     for config in dict.fromkeys(row["config"] for row in rows):
         group = [row for row in rows if row["config"] == config]
         if len(group) < 2:
             continue
         mean = {"config": config, "seed": "mean"}
-        for label in [label for label, _ in COLUMNS] + ["train s"]:
+        spread = {"config": config, "seed": "sd"}
+        for label in LABELS:
             values = [row[label] for row in group if row[label] is not None]
-            mean[label] = statistics.mean(values) if len(values) == len(group) else None
-        means.append(mean)
-    return means
+            complete = len(values) == len(group)
+            mean[label] = float(statistics.mean(values)) if complete else None
+            spread[label] = float(statistics.stdev(values)) if complete else None
+        summaries += [mean, spread]
+    return summaries
 
 
 def format_table(rows: List[Dict]) -> str:
-    headers = ["config", "seed"] + [label for label, _ in COLUMNS] + ["train s"]
+    headers = ["config", "seed"] + LABELS
     cells = [[format_cell(row[header]) for header in headers] for row in rows]
     widths = [max(len(header), *(len(line[i]) for line in cells))
               for i, header in enumerate(headers)]

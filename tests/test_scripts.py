@@ -197,3 +197,32 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert sorted(rows) == ["halo", "nohalo"]
     for cells in rows.values():
         assert "n/a" not in cells
+
+
+def write_run(folder: Path, bleu: float, best_loss: float):
+    folder.mkdir(parents=True)
+    report = {"bleu": {"score": bleu}, "f1": {"predicate": {"f1": 50.0},
+                                              "argument": {"f1": 60.0}},
+              "recoverability": {"score": 90.0}}
+    (folder / "score.json").write_text(json.dumps(report), encoding="utf-8")
+    (folder / "train.log").write_text(
+        f"valid | epoch 001 | loss 9.0 | best_loss 9.0\nvalid | epoch 002 | best_loss {best_loss}\n",
+        encoding="utf-8",
+    )
+
+
+def test_results_table_mean_and_sd(tmp_path):
+    write_run(tmp_path / "halo-seed1", bleu=10.0, best_loss=4.5)
+    write_run(tmp_path / "halo-seed2", bleu=20.0, best_loss=4.0)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results_table.py"),
+         str(tmp_path / "halo-seed1"), str(tmp_path / "halo-seed2")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in result.stdout.splitlines()}
+
+    # BLEU 10 and 20: mean 15, sample standard deviation sqrt(50) = 7.07.
+    assert rows[("halo", "mean")][0] == "15.00"
+    assert rows[("halo", "sd")][0] == "7.07"
+    # The last best_loss of each log: 4.5 and 4.0, mean 4.25.
+    assert rows[("halo", "mean")][4] == "4.25"
