@@ -15,6 +15,7 @@ take and return plain tensors, so they can be tested without a model.
 from typing import Callable, List, Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 NOISE_CHOICES = ("uniform", "atanh-gaussian", "gaussian")
 BOUNDED_NOISES = ("uniform", "atanh-gaussian")
@@ -54,8 +55,11 @@ def sample_lambda(shape: Tuple[int, ...], alpha: float, beta: float, like: torch
     """
     concentration1 = torch.full(shape, float(alpha), dtype=torch.float32, device=like.device)
     concentration0 = torch.full(shape, float(beta), dtype=torch.float32, device=like.device)
-    lambda_ = torch.distributions.Beta(concentration1, concentration0).sample()
-    return lambda_.to(like.dtype)
+    # check_noise_options has validated alpha and beta. torch's own check of the tensors would
+    # read them on the host, which costs a device sync at every draw.
+    beta_distribution = torch.distributions.Beta(concentration1, concentration0,
+                                                 validate_args=False)
+    return beta_distribution.sample().to(like.dtype)
 
 
 def perturb(
@@ -118,34 +122,90 @@ def perturb_dims(
     return torch.cat([clean[..., :start], noisy, clean[..., stop:]], dim=-1)  # (K, B, T, C)
 
 
-def class_log_mass(lprobs: torch.Tensor, members: List[torch.Tensor]) -> torch.Tensor:
+class _ClassLogMass(torch.autograd.Function):
+    """Per-class logsumexp of ``(N, V)`` scores, with the backward pass written out.
+
+    As in logsumexp, each class is shifted by its own largest entry, so its shifted mass is at
+    least 1 and classes with tiny mass stay finite. With ``from_logits`` the result is normalized
+    by the logsumexp of the whole row, which follows from the class sums, so no log-softmax over
+    the vocabulary is needed. The forward and the backward pass allocate one ``(N, V)`` buffer
+    each, where autograd through the same operations allocates five in all. On CPU, faulting in
+    the pages of a fresh buffer can cost as much as the arithmetic on it.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, column_class, num_classes, from_logits):
+        # scores (N, V); column_class (V,) int64, the class of each column, num_classes for none.
+        index = column_class.expand_as(scores)  # (N, V)
+        shift = scores.new_full((scores.size(0), num_classes + 1), float("-inf"))
+        shift.scatter_reduce_(1, index, scores, "amax")  # (N, n + 1), largest entry per class
+        shift.masked_fill_(shift.isinf(), 0.0)  # as logsumexp: an all -inf class gives -inf
+        shifted = shift.index_select(1, column_class)  # (N, V)
+        torch.sub(scores, shifted, out=shifted).exp_()  # in [0, 1]
+        classes = torch.arange(num_classes + 1, device=scores.device)
+        one_hot = (column_class.unsqueeze(1) == classes).to(scores.dtype)  # (V, n + 1)
+        # A matrix product sums about as accurately as logsumexp. scatter_add_ sums in sequence
+        # and loses about ten times more precision.
+        # NOTE: where TF32 matmuls are enabled on GPU, this product rounds its inputs to TF32.
+        mass = shifted @ one_hot  # (N, n + 1), the last column for tokens in no class
+        log_mass = mass.log() + shift  # (N, n + 1)
+        total = torch.logsumexp(log_mass, dim=1, keepdim=True) if from_logits else None  # (N, 1)
+        ctx.from_logits = from_logits
+        ctx.save_for_backward(shifted, mass, column_class, shift, total)
+        return log_mass[:, :num_classes] - total if from_logits else log_mass[:, :num_classes]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        shifted, mass, column_class, shift, total = ctx.saved_tensors
+        n = grad.size(1)
+        weight = grad.new_zeros(mass.shape)  # (N, n + 1), 0 for tokens in no class
+        weight[:, :n] = grad / mass[:, :n]
+        if ctx.from_logits:
+            # The normalizer takes each column's softmax probability, shifted * exp(shift - total).
+            weight -= grad.sum(dim=1, keepdim=True) * (shift - total).exp()
+        return weight.index_select(1, column_class).mul_(shifted), None, None, None  # (N, V)
+
+
+def class_log_mass(
+    lprobs: torch.Tensor, members: List[torch.Tensor], from_logits: bool = False,
+) -> torch.Tensor:
     """Sum the probability of each class in log space: ``log q``.
 
     Args:
-        lprobs: ``(..., V)`` float32 log-probabilities over the vocabulary.
+        lprobs: ``(..., V)`` float32 log-probabilities over the vocabulary, or with
+            ``from_logits`` the unnormalized scores whose log-softmax they are.
         members: for each of the ``n`` classes, an int64 tensor of its vocabulary indices
             (disjoint, each non-empty).
+        from_logits: normalize over the vocabulary here, which costs less than a separate
+            log-softmax.
 
     Returns:
-        ``(..., n)`` float32 log q, computed with logsumexp over each class's columns so
+        ``(..., n)`` float32 log q, computed as logsumexp over each class's columns so
         that classes with tiny mass stay finite.
     """
-    masses = [torch.logsumexp(lprobs.index_select(-1, index), dim=-1) for index in members]
-    return torch.stack(masses, dim=-1)
+    V, n = lprobs.size(-1), len(members)
+    column_class = torch.full((V,), n, dtype=torch.long, device=lprobs.device)
+    for c, index in enumerate(members):
+        column_class.index_fill_(0, index, c)
+    log_q = _ClassLogMass.apply(lprobs.reshape(-1, V), column_class, n, from_logits)  # (N, n)
+    return log_q.view(lprobs.shape[:-1] + (n,))
 
 
 def gold_class_log_mass(
     lprobs: torch.Tensor, gold_class: torch.Tensor, members: Optional[List[torch.Tensor]],
-    singleton_ids: Optional[torch.Tensor] = None,
+    singleton_ids: Optional[torch.Tensor] = None, from_logits: bool = False,
 ) -> torch.Tensor:
     """Return ``log q[class of the gold token]`` at every position.
 
     Args:
-        lprobs: ``(K, B, T, V)`` float32 log-probabilities of the noisy states.
+        lprobs: ``(K, B, T, V)`` float32 log-probabilities of the noisy states, or their
+            logits with ``from_logits``.
         gold_class: ``(B, T)`` int64 class of each gold token, -1 for none.
         members: class members as in :func:`class_log_mass`; None for the singleton partition.
         singleton_ids: for the singleton partition, ``(B, T)`` int64 gold token ids, whose
             own probability is q.
+        from_logits: as in :func:`class_log_mass`.
 
     Returns:
         ``(K, B, T)`` float32; positions whose gold token has no class hold an arbitrary finite
@@ -153,8 +213,9 @@ def gold_class_log_mass(
     """
     if members is None:
         index = singleton_ids.unsqueeze(0).unsqueeze(-1).expand(lprobs.size(0), -1, -1, 1)
-        return lprobs.gather(-1, index).squeeze(-1)  # (K, B, T)
-    log_q = class_log_mass(lprobs, members)  # (K, B, T, n)
+        log_q = lprobs.gather(-1, index).squeeze(-1)  # (K, B, T)
+        return log_q - torch.logsumexp(lprobs, dim=-1) if from_logits else log_q
+    log_q = class_log_mass(lprobs, members, from_logits)  # (K, B, T, n)
     index = gold_class.clamp(min=0).unsqueeze(0).unsqueeze(-1).expand(lprobs.size(0), -1, -1, 1)
     return log_q.gather(-1, index).squeeze(-1)  # (K, B, T)
 
@@ -162,11 +223,13 @@ def gold_class_log_mass(
 def halo_positions(
     lprobs: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
     members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor] = None,
+    from_logits: bool = False,
 ) -> torch.Tensor:
     """Compute ``-mean_k log q_k[class of the gold token]`` at every position.
 
     Args:
-        lprobs: ``(K, B, T, V)`` float32 log-probabilities of the K noisy neighbours.
+        lprobs: ``(K, B, T, V)`` float32 log-probabilities of the K noisy neighbours, or their
+            logits with ``from_logits`` (see :func:`class_log_mass`).
         gold_class: ``(B, T)`` int64 class of each gold token, -1 for none.
         mask: ``(B, T)`` bool, True where the term applies (not padding, gold token classed).
         members: class members as in :func:`class_log_mass`; None for the singleton partition,
@@ -176,7 +239,7 @@ def halo_positions(
         ``(B, T)`` float32, exactly 0 at positions outside ``mask``, so a batch without any
         classed token adds nothing and stays finite.
     """
-    log_q = gold_class_log_mass(lprobs, gold_class, members, target)  # (K, B, T)
+    log_q = gold_class_log_mass(lprobs, gold_class, members, target, from_logits)  # (K, B, T)
     # torch.where keeps masked positions out even if their log q is -inf there.
     log_q = torch.where(mask.unsqueeze(0), log_q, torch.zeros_like(log_q))
     return -log_q.mean(dim=0)  # (B, T)
@@ -194,6 +257,7 @@ def chunked_halo_positions(
     h_noisy: torch.Tensor, gold_class: torch.Tensor, mask: torch.Tensor,
     log_probs_fn: Callable[[torch.Tensor], torch.Tensor],
     members: Optional[List[torch.Tensor]], target: Optional[torch.Tensor], chunk_size: int,
+    from_logits: bool = False,
 ) -> torch.Tensor:
     """Compute :func:`halo_positions` over chunks of ``chunk_size`` target positions.
 
@@ -203,7 +267,8 @@ def chunked_halo_positions(
     Args:
         h_noisy: ``(K, B, T, C)`` noisy states.
         log_probs_fn: maps ``(N, T', C)`` states to ``(N, T', V)`` float32 log-probabilities
-            through the model's output layer; it must act on each position independently.
+            through the model's output layer, or to logits with ``from_logits``; it must act
+            on each position independently.
 
     Returns:
         ``(B, T)`` float32 as :func:`halo_positions`.
@@ -218,7 +283,9 @@ def chunked_halo_positions(
 
     def chunk_positions(noisy_part, gold_part, mask_part, target_part):
         lprobs = log_probs_fn(noisy_part.reshape(K, -1, C)).unsqueeze(1)  # (K, 1, n, V)
-        return halo_positions(lprobs, gold_part, mask_part, members, target_part)  # (1, n)
+        return halo_positions(
+            lprobs, gold_part, mask_part, members, target_part, from_logits
+        )  # (1, n)
 
     parts = []
     for start in range(0, B * T, chunk_size):

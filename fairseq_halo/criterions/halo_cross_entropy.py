@@ -17,22 +17,72 @@ positions whose gold token has no class. The term is a training regularizer: val
 ``checkpoint_best.pt`` use the clean loss only, so their numbers are comparable across settings.
 """
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, FairseqDecoder
+from fairseq.models.transformer import TransformerModelBase
 from omegaconf import II
 
 from .. import halo, predpatt
 from ..partition import PARTITION_CHOICES, build_partition, gold_classes
 
 logger = logging.getLogger(__name__)
+
+# Model-level get_normalized_probs methods that only pass the call on to the decoder.
+DELEGATING_NORMALIZERS = (
+    BaseFairseqModel.get_normalized_probs, TransformerModelBase.get_normalized_probs,
+)
+
+
+def token_nll_loss(lprobs, target, epsilon, ignore_index, reduce=True):
+    """Return ``(loss, nll_loss)`` as fairseq's ``label_smoothed_nll_loss`` does.
+
+    At ``epsilon`` 0 the loss is the NLL itself, so the smoothing term, a sum over the whole
+    vocabulary with a gradient of the same size, is skipped. The result is the same except
+    where a log-probability is -inf: fairseq's ``0 * -inf`` then gives NaN, this gives the NLL.
+
+    Args:
+        lprobs: ``(N, V)`` float32 log-probabilities.
+        target: ``(N,)`` int64 gold ids; positions equal to ``ignore_index`` count 0.
+    """
+    if epsilon > 0:
+        return label_smoothed_nll_loss(
+            lprobs, target, epsilon, ignore_index=ignore_index, reduce=reduce
+        )
+    target = target.unsqueeze(-1)  # (N, 1)
+    nll_loss = -lprobs.gather(dim=-1, index=target)  # (N, 1)
+    nll_loss.masked_fill_(target.eq(ignore_index), 0.0)
+    if reduce:
+        nll_loss = nll_loss.sum()
+    return nll_loss, nll_loss
+
+
+def normalizes_with_log_softmax(model) -> bool:
+    """Return whether ``model.get_normalized_probs`` is fairseq's log-softmax of the logits.
+
+    True for decoders that inherit fairseq's normalization without an adaptive softmax, in models
+    that inherit it too or delegate to it as fairseq's transformer does. Others may normalize
+    differently, so their noisy states go through ``get_normalized_probs``.
+    """
+    decoder = getattr(model, "decoder", None)
+    if decoder is None or getattr(decoder, "adaptive_softmax", None) is not None:
+        return False
+    return (
+        type(model).get_normalized_probs in DELEGATING_NORMALIZERS
+        and type(model).get_normalized_probs_scriptable
+        is BaseFairseqModel.get_normalized_probs_scriptable
+        and type(decoder).get_normalized_probs is FairseqDecoder.get_normalized_probs
+        and type(decoder).get_normalized_probs_scriptable
+        is FairseqDecoder.get_normalized_probs_scriptable
+    )
 
 
 @dataclass
@@ -115,6 +165,7 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
             task.target_dictionary, str(halo_partition), halo_class_file, str(halo_unk_class)
         )
         self._members = {}
+        self._partitions = {}
         self._checked_bounds = self.noise not in halo.BOUNDED_NOISES
         self._logged_state_dims = False
         if self.weight > 0:
@@ -132,6 +183,17 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
             self._members[device] = [m.to(device) for m in self.partition.class_members()]
         return self._members[device]
 
+    def partition_on(self, device):
+        """Return the partition with its token classes on ``device``, copied there once.
+
+        A copy from the host at every batch would wait for the device to finish its queue.
+        """
+        if device not in self._partitions:
+            self._partitions[device] = dataclasses.replace(
+                self.partition, token_class=self.partition.token_class.to(device)
+            )
+        return self._partitions[device]
+
     def forward(self, model, sample, reduce=True):
         """Compute the loss of a batch.
 
@@ -146,22 +208,16 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         if use_halo and not self._checked_bounds:
             self.check_bounded(h[..., dims])
 
-        # One projection for the clean states and, unless chunked, all K neighbours.
+        # The neighbours, drawn before any projection.
         h_noisy = None
         if use_halo:
             h_noisy = halo.perturb_dims(
                 h, dims, self.noise, self.samples, self.alpha, self.beta, self.sigma
             )
-        if h_noisy is not None and self.chunk_size == 0:
-            B, T, C = h.shape
-            states = torch.cat([h.unsqueeze(0), h_noisy], dim=0).view(-1, T, C)  # ((K+1)B, T, C)
-            lprobs_all = self.log_probs(model, states, extra).view(self.samples + 1, B, T, -1)
-            lprobs, lprobs_noisy = lprobs_all[0], lprobs_all[1:]  # (B, T, V), (K, B, T, V)
-        else:
-            lprobs = self.log_probs(model, h, extra)  # (B, T, V)
 
         # NLL of the gold token, label-smoothed if requested.
-        loss, nll_loss = label_smoothed_nll_loss(
+        lprobs = self.log_probs(model, h, extra)  # (B, T, V)
+        loss, nll_loss = token_nll_loss(
             lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
             ignore_index=self.padding_idx, reduce=reduce,
         )
@@ -169,17 +225,26 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         # The Halo term on positions whose gold token has a class.
         logging_output = {}
         if use_halo:
-            gold_class = gold_classes(self.partition, target)  # (B, T)
+            gold_class = gold_classes(self.partition_on(target.device), target)  # (B, T)
             mask = target.ne(self.padding_idx) & gold_class.ge(0)
             members = self.members(target.device)
+            # Where the model normalizes with a plain log-softmax, the Halo term normalizes the
+            # noisy logits itself, which costs less than a log-softmax over the vocabulary.
+            from_logits = normalizes_with_log_softmax(model)
+            project = ((lambda x: model.output_layer(x).float()) if from_logits
+                       else (lambda x: self.log_probs(model, x, extra)))
             if self.chunk_size == 0:
+                # One projection call for all K neighbours. Adding the clean states to it would
+                # cost more, since its backward pass would concatenate the two gradients.
+                K, B, T, C = h_noisy.shape
+                noisy = project(h_noisy.reshape(K * B, T, C)).view(K, B, T, -1)  # (K, B, T, V)
                 per_position = halo.halo_positions(
-                    lprobs_noisy, gold_class, mask, members, target
+                    noisy, gold_class, mask, members, target, from_logits
                 )  # (B, T)
             else:
                 per_position = halo.chunked_halo_positions(
-                    h_noisy, gold_class, mask, lambda x: self.log_probs(model, x, extra),
-                    members, target, self.chunk_size,
+                    h_noisy, gold_class, mask, project, members, target, self.chunk_size,
+                    from_logits,
                 )  # (B, T)
             halo_sum = per_position.sum()
             if reduce:

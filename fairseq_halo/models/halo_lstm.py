@@ -181,7 +181,7 @@ class HaloLSTMDecoder(FairseqIncrementalDecoder):
             self.set_incremental_state(incremental_state, "state", state)
         return h, {"attn": [attn]}
 
-    def _start_state(self, encoder_out, incremental_state) -> Dict[str, torch.Tensor]:
+    def _start_state(self, encoder_out, incremental_state) -> Dict[str, Optional[torch.Tensor]]:
         """Return the cached decoding state or, at the first step, the encoder's final one."""
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "state")
@@ -189,10 +189,14 @@ class HaloLSTMDecoder(FairseqIncrementalDecoder):
                 return cached
         outputs = encoder_out.outputs.transpose(0, 1)  # (B, S, C_enc)
         B = outputs.size(0)
+        # Incremental decoding attends from one step per call, and beam search reorders the
+        # cached state at every step, so projecting each query there costs less than caching
+        # the keys and reordering them.
+        keys = self.attention.keys(outputs) if incremental_state is None else None
         return {
             "h": encoder_out.final_h, "c": encoder_out.final_c,  # (L, B, hidden)
             "feed": outputs.new_zeros(B, self.out_dim),  # (B, C)
-            "keys": self.attention.keys(outputs),  # (B, S, hidden)
+            "keys": keys,  # (B, S, hidden), or None while decoding incrementally
         }
 
     def _attend(self, s, encoder_out, keys):
@@ -237,7 +241,7 @@ class HaloLSTMDecoder(FairseqIncrementalDecoder):
         reordered = {
             "h": state["h"].index_select(1, new_order), "c": state["c"].index_select(1, new_order),
             "feed": state["feed"].index_select(0, new_order),
-            "keys": state["keys"].index_select(0, new_order),
+            "keys": None if state["keys"] is None else state["keys"].index_select(0, new_order),
         }
         self.set_incremental_state(incremental_state, "state", reordered)
 

@@ -28,20 +28,25 @@ class LuongAttention(nn.Module):
         """Project ``(B, S, source_size)`` encoder outputs to ``(B, S, query_size)`` keys."""
         return self.key_proj(encoder_out)
 
-    def forward(self, s: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    def forward(self, s: torch.Tensor, keys: Optional[torch.Tensor], values: torch.Tensor,
                 padding_mask: Optional[torch.Tensor] = None):
         """Attend from every query to the source.
 
         Args:
             s: ``(B, T, query_size)`` decoder states (T may be 1 during incremental decoding).
-            keys: ``(B, S, query_size)`` output of :meth:`keys`.
+            keys: ``(B, S, query_size)`` output of :meth:`keys`, or None to apply ``W_a`` to
+                the queries instead, which costs less when each call has only a few of them.
             values: ``(B, S, source_size)`` encoder outputs.
             padding_mask: ``(B, S)`` bool, True at padded source positions.
 
         Returns:
             ``(context, align)``: ``(B, T, source_size)`` and ``(B, T, S)`` float.
         """
-        scores = torch.bmm(s, keys.transpose(1, 2))  # (B, T, S)
+        if keys is None:
+            query = torch.matmul(s, self.key_proj.weight)  # (B, T, source_size), s_t^T W_a
+            scores = torch.bmm(query, values.transpose(1, 2))  # (B, T, S)
+        else:
+            scores = torch.bmm(s, keys.transpose(1, 2))  # (B, T, S)
         if padding_mask is not None:
             scores = scores.masked_fill(padding_mask.unsqueeze(1), float("-inf"))
         align = torch.softmax(scores.float(), dim=-1).type_as(scores)  # (B, T, S)

@@ -5,10 +5,23 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.models import FairseqEncoder
 
 from .lstm_stack import ResidualLSTMStack
+
+
+def left_to_right_padding(tokens: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """Move the padding of ``(B, S)`` left-padded tokens to the right of each row.
+
+    The result equals that of fairseq's ``utils.convert_padding_direction(..., left_to_right=True)``
+    without its early returns, which read tensor values on the host and so cost a device sync each.
+    """
+    S = tokens.size(1)
+    pad_mask = tokens.eq(padding_idx)  # (B, S)
+    # As fairseq does, rotate the rows only if some row starts with padding.
+    num_pads = pad_mask.sum(dim=1, keepdim=True) * pad_mask[:, 0].any()  # (B, 1)
+    index = (torch.arange(S, device=tokens.device) + num_pads) % S  # (B, S)
+    return tokens.gather(1, index)  # (B, S)
 
 
 class EncoderOut(NamedTuple):
@@ -59,9 +72,7 @@ class HaloLSTMEncoder(FairseqEncoder):
         """
         if self.left_pad:
             # Packed sequences need right padding.
-            src_tokens = utils.convert_padding_direction(
-                src_tokens, self.padding_idx, left_to_right=True
-            )
+            src_tokens = left_to_right_padding(src_tokens, self.padding_idx)
         x = self.embed_tokens(src_tokens)  # (B, S, E)
         x = F.dropout(x, p=self.dropout_in, training=self.training)
         x = x.transpose(0, 1)  # (S, B, E)

@@ -61,11 +61,14 @@ class ResidualLSTMStack(nn.Module):
             its final ``(h, c)``.
         """
         final = []
+        # Packing needs the lengths on the CPU, so they are copied once for all layers. On GPU
+        # the copy is a device sync.
+        cpu_lengths = lengths.cpu() if lengths is not None else None
         for i, layer in enumerate(self.layers):
             hx = state[i] if state is not None else None
-            if lengths is not None:
+            if cpu_lengths is not None:
                 packed = nn.utils.rnn.pack_padded_sequence(
-                    x, lengths.cpu(), enforce_sorted=False
+                    x, cpu_lengths, enforce_sorted=False
                 )
                 y, (h, c) = layer(packed, hx)
                 y, _ = nn.utils.rnn.pad_packed_sequence(y, total_length=x.size(0))
