@@ -203,7 +203,7 @@ def test_failed_sentencepiece_leaves_nothing(tmp_path, capsys):
     output = tmp_path / "out"
     status, _, err = run_prepare([data, output, "--spm-vocab-size", "5000"], capsys)
     assert status == 1
-    assert "choose a smaller --spm-vocab-size" in err
+    assert "choose another --spm-vocab-size" in err
     assert_nothing_written(output)
 
 
