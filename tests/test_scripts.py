@@ -68,7 +68,7 @@ def test_language_dry_run_commands(tmp_path, name):
     (prepare,) = commands(output, "halo-prepare")
     expected_data = (REPO.parent / "shared" / "data" / name).resolve() if name in SHIPPED \
         else REPO / "data" / name
-    assert Path(prepare[1]) == expected_data
+    assert Path(prepare[1]).resolve() == expected_data.resolve()
     assert prepare[2] == str(tmp_path / "runs" / name / "prepared")
 
     # Training: paper settings, absolute --user-dir, one run per configuration.
