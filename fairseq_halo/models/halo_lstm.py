@@ -249,6 +249,19 @@ class HaloLSTMDecoder(FairseqIncrementalDecoder):
         return self.max_target_positions
 
 
+def build_encoder(cfg, task) -> HaloLSTMEncoder:
+    """Build the source encoder from a ``HaloLSTMConfig`` (or a subclass) and the task."""
+    return HaloLSTMEncoder(
+        task.source_dictionary, cfg.encoder_embed_dim, cfg.encoder_hidden_size,
+        cfg.encoder_layers, cfg.encoder_bidirectional,
+        _dropout(cfg.encoder_dropout_in, cfg.dropout),
+        _dropout(cfg.encoder_dropout_out, cfg.dropout),
+        residual=not cfg.no_residuals,
+        left_pad=getattr(getattr(task, "cfg", None), "left_pad_source", True),
+        max_positions=cfg.max_source_positions,
+    )
+
+
 @register_model("halo_lstm", dataclass=HaloLSTMConfig)
 class HaloLSTMModel(FairseqEncoderDecoderModel):
     """Attentional LSTM encoder-decoder whose output features suit Halo."""
@@ -256,15 +269,7 @@ class HaloLSTMModel(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, cfg, task):
         check_config(cfg)
-        encoder = HaloLSTMEncoder(
-            task.source_dictionary, cfg.encoder_embed_dim, cfg.encoder_hidden_size,
-            cfg.encoder_layers, cfg.encoder_bidirectional,
-            _dropout(cfg.encoder_dropout_in, cfg.dropout),
-            _dropout(cfg.encoder_dropout_out, cfg.dropout),
-            residual=not cfg.no_residuals,
-            left_pad=getattr(getattr(task, "cfg", None), "left_pad_source", True),
-            max_positions=cfg.max_source_positions,
-        )
+        encoder = build_encoder(cfg, task)
         decoder = HaloLSTMDecoder(task.target_dictionary, cfg, encoder.output_units)
         return cls(encoder, decoder)
 

@@ -19,9 +19,10 @@ from fairseq.models import (
 )
 
 from .. import partition
-from ..modules import HaloLSTMEncoder
 from ..modules.selective_decoder import SelectiveLSTMDecoder
-from .halo_lstm import HaloLSTMConfig, _dropout, check_config, halo_lstm_paper, halo_lstm_small
+from .halo_lstm import (
+    HaloLSTMConfig, _dropout, build_encoder, check_config, halo_lstm_paper, halo_lstm_small,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +89,7 @@ class HaloSelectiveModel(FairseqEncoderDecoderModel):
     def build_model(cls, cfg, task):
         check_selective_config(cfg)
         tags = build_tag_partition(task.target_dictionary)
-        encoder = HaloLSTMEncoder(
-            task.source_dictionary, cfg.encoder_embed_dim, cfg.encoder_hidden_size,
-            cfg.encoder_layers, cfg.encoder_bidirectional,
-            _dropout(cfg.encoder_dropout_in, cfg.dropout),
-            _dropout(cfg.encoder_dropout_out, cfg.dropout),
-            residual=not cfg.no_residuals,
-            left_pad=getattr(getattr(task, "cfg", None), "left_pad_source", True),
-            max_positions=cfg.max_source_positions,
-        )
+        encoder = build_encoder(cfg, task)
         decoder = SelectiveLSTMDecoder(
             task.target_dictionary, cfg, encoder.output_units, tags.token_class,
             tags.num_classes, _dropout(cfg.decoder_dropout_in, cfg.dropout),
