@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def checkpoint_globals():
     """Return the classes and functions that fairseq 0.12 pickles into checkpoints.
 
-    ``argparse.Namespace`` holds legacy ``args`` and the model configuration of architectures
+    ``argparse.Namespace`` contains legacy ``args`` and the model configuration of architectures
     registered without a dataclass; numpy scalars and dtypes appear in the saved meters and
     best-validation values.
     """

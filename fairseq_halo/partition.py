@@ -69,7 +69,7 @@ class Partition:
 
 
 def _is_unclassed_symbol(dictionary, index: int, symbol: str) -> bool:
-    """Whether a symbol never gets a class: padding, beginning of sentence, padding fillers."""
+    """Return whether a symbol never gets a class: padding, beginning of sentence, fillers."""
     return index in (dictionary.pad(), dictionary.bos()) or bool(PADDING_SYMBOL.fullmatch(symbol))
 
 

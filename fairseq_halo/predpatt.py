@@ -1,6 +1,6 @@
 """The linearized PredPatt format: token tags, bracket tokens, heads, parsing and well-formedness.
 
-This is the one module that knows the spelling of the format. A linearized sequence is a
+This is the one module that defines the spelling of the format. A linearized sequence is a
 whitespace-separated list of tokens: ``word:p`` / ``word:p_h`` are predicate words (``_h`` marks
 the head), ``word:a`` / ``word:a_h`` argument words, ``^(((`` ... ``)))$`` encloses a predicate,
 ``^(((:a`` ... ``)))$:a`` a predicate that is itself an argument of the predicate around it,
@@ -49,8 +49,8 @@ def split_word(token: str):
 def token_tag(token: str) -> Optional[str]:
     """Return the tag of a target token: ``PREDICATE``, ``ARGUMENT`` or None.
 
-    Predicate brackets (including ``^(((:a`` and ``)))$:a``, which end in ``:a``) are predicate
-    tokens; argument brackets and ``SOMETHING:a=`` are argument tokens; words follow the suffix
+    Predicate brackets are predicate tokens, including ``^(((:a`` and ``)))$:a``, which end in
+    ``:a``. Argument brackets and ``SOMETHING:a=`` are argument tokens. Words follow the suffix
     after their last colon (``:p``/``:p_h`` or ``:a``/``:a_h``). Anything else has no tag.
     """
     if token in PREDICATE_BRACKETS:
@@ -73,7 +73,7 @@ def word_tag(token: str) -> Optional[str]:
 
 
 def is_head(token: str) -> bool:
-    """Whether a word token is the head of its predicate or argument (``:p_h`` or ``:a_h``)."""
+    """Return whether a word token is the head of its predicate or argument (``:p_h`` or ``:a_h``)."""
     return token not in STRUCTURE_TOKENS and split_word(token)[1] in HEAD_SUFFIXES
 
 
@@ -164,7 +164,7 @@ def iter_spans(spans: Sequence[Span]):
 
 
 def is_well_formed(tokens: Sequence[str]) -> bool:
-    """Whether a sequence can be recovered into predicate-argument structure.
+    """Return whether a sequence can be recovered into predicate-argument structure.
 
     Well formed means balanced and properly nested brackets, and exactly one head word directly
     inside every predicate and every argument bracket (the recoverability criterion of Zhang's

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from . import metrics, predpatt
+from . import corpus, metrics, predpatt
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def split_lines(data: bytes, name: str) -> List[bytes]:
     """
     if not data:
         raise InputError(f"{name}: file is empty; expected one linearized sequence per line")
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return lines
+    return corpus.split_lines(data)
 
 
 def decode_line(raw: bytes, name: str, number: int) -> str:

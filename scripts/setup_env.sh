@@ -48,8 +48,8 @@ say "installing $fairseq_req (compiled once, then taken from pip's wheel cache)"
 say "installing fairseq-halo in editable mode"
 "${pip[@]}" install --quiet -c "$constraints" --no-build-isolation -e "$here[test]"
 
-# torchaudio comes with fairseq (and is reinstalled with it) but fails to load beside the CPU torch; the text path never
-# imports it, and removing it keeps fairseq's optional audio imports from failing noisily.
+# fairseq pulls in torchaudio (again with each install), which fails to load beside the CPU torch.
+# The text path never imports it, so removing it keeps fairseq's optional audio imports quiet.
 if "${pip[@]}" show torchaudio >/dev/null 2>&1; then
     say "removing torchaudio (not used on the text path, does not load beside this torch)"
     "${pip[@]}" uninstall --quiet --yes torchaudio

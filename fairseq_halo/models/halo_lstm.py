@@ -276,14 +276,14 @@ class HaloLSTMModel(FairseqEncoderDecoderModel):
 
 @register_model_architecture("halo_lstm", "halo_lstm_paper")
 def halo_lstm_paper(cfg):
-    """The setting of Mei et al. (2018): 2 layers of 512 units per direction, dropout 0.5."""
+    """Set the defaults of Mei et al. (2018): 2 layers of 512 units per direction, dropout 0.5."""
     cfg.encoder_bidirectional = getattr(cfg, "encoder_bidirectional", True)
     cfg.dropout = getattr(cfg, "dropout", 0.5)
 
 
 @register_model_architecture("halo_lstm", "halo_lstm_small")
 def halo_lstm_small(cfg):
-    """A small bidirectional model for tests and CPU runs."""
+    """Set the defaults of a small bidirectional model for tests and CPU runs."""
     for name in ("encoder_embed_dim", "encoder_hidden_size", "decoder_embed_dim",
                  "decoder_hidden_size", "decoder_out_embed_dim"):
         setattr(cfg, name, getattr(cfg, name, 128))

@@ -25,7 +25,7 @@ def left_to_right_padding(tokens: torch.Tensor, padding_idx: int) -> torch.Tenso
 
 
 class EncoderOut(NamedTuple):
-    """What the encoder hands the decoder.
+    """Encoder outputs handed to the decoder.
 
     Attributes:
         outputs: ``(S, B, C_enc)`` top-layer outputs, ``C_enc = hidden * directions``.

@@ -52,8 +52,8 @@ class ResidualLSTMStack(nn.Module):
             x: ``(T, B, input_size)`` inputs.
             state: per layer, the initial ``(h, c)``, each ``(directions, B, hidden_size)``;
                 zeros when None.
-            lengths: ``(B,)`` int64 lengths of right-padded sequences; when given, padded
-                steps are skipped (packed sequences) and the final states are those of each
+            lengths: ``(B,)`` int64 lengths of right-padded sequences. When given, padded steps
+                are skipped (packed sequences), so the final states are those of each
                 sequence's last real step.
 
         Returns:
