@@ -122,49 +122,180 @@ def perturb_dims(
     return torch.cat([clean[..., :start], noisy, clean[..., stop:]], dim=-1)  # (K, B, T, C)
 
 
-class _ClassLogMass(torch.autograd.Function):
-    """Per-class logsumexp of ``(N, V)`` scores, with the backward pass written out.
+def _class_mass_forward(scores, column_class, num_classes, from_logits):
+    """Compute the per-class logsumexp of ``(N, V)`` scores, keeping what the backward needs.
 
     As in logsumexp, each class is shifted by its own largest entry, so its shifted mass is at
     least 1 and classes with tiny mass stay finite. With ``from_logits`` the result is normalized
     by the logsumexp of the whole row, which follows from the class sums, so no log-softmax over
-    the vocabulary is needed. The forward and the backward pass allocate one ``(N, V)`` buffer
-    each, where autograd through the same operations allocates five in all. On CPU, faulting in
-    the pages of a fresh buffer can cost as much as the arithmetic on it.
+    the vocabulary is needed.
+
+    Args:
+        scores: ``(N, V)`` float scores.
+        column_class: ``(V,)`` int64 class of each column, ``num_classes`` for none.
+
+    Returns:
+        ``(log_q, saved)``: ``(N, num_classes)`` log q and the tensors
+        :func:`_class_mass_backward` takes.
+    """
+    index = column_class.expand_as(scores)  # (N, V)
+    shift = scores.new_full((scores.size(0), num_classes + 1), float("-inf"))
+    shift.scatter_reduce_(1, index, scores, "amax")  # (N, n + 1), largest entry per class
+    shift.masked_fill_(shift.isinf(), 0.0)  # as logsumexp: an all -inf class gives -inf
+    shifted = shift.index_select(1, column_class)  # (N, V)
+    torch.sub(scores, shifted, out=shifted).exp_()  # in [0, 1]
+    classes = torch.arange(num_classes + 1, device=scores.device)
+    one_hot = (column_class.unsqueeze(1) == classes).to(scores.dtype)  # (V, n + 1)
+    # A matrix product sums about as accurately as logsumexp. scatter_add_ sums in sequence
+    # and loses about ten times more precision.
+    # NOTE: where TF32 matmuls are enabled on GPU, this product rounds its inputs to TF32.
+    mass = shifted @ one_hot  # (N, n + 1), the last column for tokens in no class
+    log_mass = mass.log() + shift  # (N, n + 1)
+    total = torch.logsumexp(log_mass, dim=1, keepdim=True) if from_logits else None  # (N, 1)
+    log_q = log_mass[:, :num_classes] - total if from_logits else log_mass[:, :num_classes]
+    return log_q, (shifted, mass, column_class, shift, total)
+
+
+def _class_mass_backward(grad, saved, out=None):
+    """Return the gradient of :func:`_class_mass_forward`'s scores, written into ``out``.
+
+    Args:
+        grad: ``(N, n)`` gradient of log q.
+        saved: the tensors :func:`_class_mass_forward` returned.
+        out: an optional ``(N, V)`` contiguous buffer for the result.
+    """
+    shifted, mass, column_class, shift, total = saved
+    n = grad.size(1)
+    weight = grad.new_zeros(mass.shape)  # (N, n + 1), 0 for tokens in no class
+    weight[:, :n] = grad / mass[:, :n]
+    if total is not None:
+        # The normalizer takes each column's softmax probability, shifted * exp(shift - total).
+        weight -= grad.sum(dim=1, keepdim=True) * (shift - total).exp()
+    if out is None:
+        out = weight.index_select(1, column_class)
+    else:
+        torch.index_select(weight, 1, column_class, out=out)
+    return out.mul_(shifted)  # (N, V)
+
+
+class _ClassLogMass(torch.autograd.Function):
+    """Per-class logsumexp of ``(N, V)`` scores, with the backward pass written out.
+
+    The forward and the backward pass allocate one ``(N, V)`` buffer each, where autograd
+    through the same operations allocates five in all. On CPU, faulting in the pages of a fresh
+    buffer can cost as much as the arithmetic on it.
     """
 
     @staticmethod
     def forward(ctx, scores, column_class, num_classes, from_logits):
-        # scores (N, V); column_class (V,) int64, the class of each column, num_classes for none.
-        index = column_class.expand_as(scores)  # (N, V)
-        shift = scores.new_full((scores.size(0), num_classes + 1), float("-inf"))
-        shift.scatter_reduce_(1, index, scores, "amax")  # (N, n + 1), largest entry per class
-        shift.masked_fill_(shift.isinf(), 0.0)  # as logsumexp: an all -inf class gives -inf
-        shifted = shift.index_select(1, column_class)  # (N, V)
-        torch.sub(scores, shifted, out=shifted).exp_()  # in [0, 1]
-        classes = torch.arange(num_classes + 1, device=scores.device)
-        one_hot = (column_class.unsqueeze(1) == classes).to(scores.dtype)  # (V, n + 1)
-        # A matrix product sums about as accurately as logsumexp. scatter_add_ sums in sequence
-        # and loses about ten times more precision.
-        # NOTE: where TF32 matmuls are enabled on GPU, this product rounds its inputs to TF32.
-        mass = shifted @ one_hot  # (N, n + 1), the last column for tokens in no class
-        log_mass = mass.log() + shift  # (N, n + 1)
-        total = torch.logsumexp(log_mass, dim=1, keepdim=True) if from_logits else None  # (N, 1)
-        ctx.from_logits = from_logits
-        ctx.save_for_backward(shifted, mass, column_class, shift, total)
-        return log_mass[:, :num_classes] - total if from_logits else log_mass[:, :num_classes]
+        log_q, saved = _class_mass_forward(scores, column_class, num_classes, from_logits)
+        ctx.save_for_backward(*saved)
+        return log_q
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        shifted, mass, column_class, shift, total = ctx.saved_tensors
-        n = grad.size(1)
-        weight = grad.new_zeros(mass.shape)  # (N, n + 1), 0 for tokens in no class
-        weight[:, :n] = grad / mass[:, :n]
-        if ctx.from_logits:
-            # The normalizer takes each column's softmax probability, shifted * exp(shift - total).
-            weight -= grad.sum(dim=1, keepdim=True) * (shift - total).exp()
-        return weight.index_select(1, column_class).mul_(shifted), None, None, None  # (N, V)
+        return _class_mass_backward(grad, ctx.saved_tensors), None, None, None
+
+
+class _JointLogProbs(torch.autograd.Function):
+    """The clean and the noisy rows of one output-layer call, scored in one pass.
+
+    The first ``N`` rows of the ``(R, V)`` logits come from the clean states, the other
+    ``M = R - N`` from their noisy neighbours. From each clean row the forward pass returns the
+    log-probability of the gold token and, with ``with_total``, the sum of all log-probabilities,
+    which label smoothing needs. From each noisy row it returns log q of the gold token's class,
+    which for the singleton partition is the gold token's own probability. The backward pass
+    writes the gradient of both parts into a single ``(R, V)`` buffer, where autograd would
+    compute them separately and then concatenate them into another buffer of that size.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, n_clean, target, noisy_index, column_class, num_classes, with_total):
+        # logits (R, V); target (N,) gold ids; noisy_index (M,) the gold class of each noisy row
+        # (the gold id for the singleton partition, column_class None).
+        clean, noisy = logits[:n_clean], logits[n_clean:]
+        clean_lprobs = torch.log_softmax(clean, dim=1)  # (N, V)
+        gold = clean_lprobs.gather(1, target.unsqueeze(1)).squeeze(1)  # (N,)
+        total = clean_lprobs.sum(dim=1) if with_total else gold.new_zeros(gold.shape)  # (N,)
+        if column_class is None:
+            noisy_lprobs = torch.log_softmax(noisy, dim=1)  # (M, V)
+            log_q = noisy_lprobs.gather(1, noisy_index.unsqueeze(1)).squeeze(1)  # (M,)
+            saved = (noisy_lprobs,)
+        else:
+            class_log_q, saved = _class_mass_forward(noisy, column_class, num_classes, True)
+            log_q = class_log_q.gather(1, noisy_index.unsqueeze(1)).squeeze(1)  # (M,)
+        ctx.n_clean, ctx.num_classes = n_clean, num_classes
+        ctx.singleton = column_class is None
+        ctx.with_total = with_total
+        ctx.save_for_backward(clean_lprobs, target, noisy_index, *saved)
+        return gold, total, log_q
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_gold, grad_total, grad_log_q):
+        clean_lprobs, target, noisy_index, *saved = ctx.saved_tensors
+        N, V = clean_lprobs.shape
+        grad = clean_lprobs.new_empty((N + noisy_index.numel(), V))  # (R, V)
+
+        # d log p_y / dz_v = [v = y] - p_v and d sum_u log p_u / dz_v = 1 - V p_v.
+        clean_grad = torch.exp(clean_lprobs, out=grad[:N])  # (N, V), p
+        if ctx.with_total:
+            clean_grad.mul_(-(grad_gold + V * grad_total).unsqueeze(1))
+            clean_grad.add_(grad_total.unsqueeze(1))
+        else:
+            clean_grad.mul_(-grad_gold.unsqueeze(1))
+        clean_grad.scatter_add_(1, target.unsqueeze(1), grad_gold.unsqueeze(1))
+
+        noisy_grad = grad[N:]  # (M, V)
+        if ctx.singleton:
+            (noisy_lprobs,) = saved
+            torch.exp(noisy_lprobs, out=noisy_grad).mul_(-grad_log_q.unsqueeze(1))
+            noisy_grad.scatter_add_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
+        else:
+            class_grad = grad_log_q.new_zeros((noisy_index.numel(), ctx.num_classes))  # (M, n)
+            class_grad.scatter_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
+            _class_mass_backward(class_grad, saved, out=noisy_grad)
+        return grad, None, None, None, None, None, None
+
+
+def joint_log_probs(
+    logits: torch.Tensor, n_clean: int, target: torch.Tensor, noisy_gold_class: torch.Tensor,
+    members: Optional[List[torch.Tensor]], with_total: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score the clean and the noisy rows of one projection call.
+
+    Args:
+        logits: ``(R, V)`` float32 unnormalized scores whose log-softmax is the model's
+            distribution; the first ``n_clean`` rows come from the clean states.
+        target: ``(n_clean,)`` int64 gold ids of the clean rows.
+        noisy_gold_class: ``(R - n_clean,)`` int64 class of the gold token of each noisy row,
+            or the gold id itself for the singleton partition. Rows whose gold token has no
+            class need some valid class here, and the caller masks them out.
+        members: class members as in :func:`class_log_mass`; None for the singleton partition.
+        with_total: compute ``total``; without it, ``total`` is zeros and takes no gradient.
+
+    Returns:
+        ``(gold, total, log_q)``: ``(n_clean,)`` log-probability of the gold token and
+        ``(n_clean,)`` sum of all log-probabilities of each clean row, and ``(R - n_clean,)``
+        log q of the gold token's class at each noisy row.
+    """
+    if members is None:
+        column_class, n = None, 0
+    else:
+        column_class, n = column_classes(members, logits.size(1), logits.device), len(members)
+    return _JointLogProbs.apply(
+        logits, n_clean, target, noisy_gold_class, column_class, n, with_total
+    )
+
+
+def column_classes(members: List[torch.Tensor], V: int, device) -> torch.Tensor:
+    """Return the ``(V,)`` int64 class of each vocabulary index, ``len(members)`` for none."""
+    n = len(members)
+    column_class = torch.full((V,), n, dtype=torch.long, device=device)
+    for c, index in enumerate(members):
+        column_class.index_fill_(0, index, c)
+    return column_class
 
 
 def class_log_mass(
@@ -185,9 +316,7 @@ def class_log_mass(
         that classes with tiny mass stay finite.
     """
     V, n = lprobs.size(-1), len(members)
-    column_class = torch.full((V,), n, dtype=torch.long, device=lprobs.device)
-    for c, index in enumerate(members):
-        column_class.index_fill_(0, index, c)
+    column_class = column_classes(members, V, lprobs.device)
     log_q = _ClassLogMass.apply(lprobs.reshape(-1, V), column_class, n, from_logits)  # (N, n)
     return log_q.view(lprobs.shape[:-1] + (n,))
 
@@ -240,6 +369,19 @@ def halo_positions(
         classed token adds nothing and stays finite.
     """
     log_q = gold_class_log_mass(lprobs, gold_class, members, target, from_logits)  # (K, B, T)
+    return masked_term(log_q, mask)
+
+
+def masked_term(log_q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return ``-mean_k log_q[k]`` where ``mask`` is True and exactly 0 elsewhere.
+
+    Args:
+        log_q: ``(K, B, T)`` log q of the gold token's class for each neighbour.
+        mask: ``(B, T)`` bool.
+
+    Returns:
+        ``(B, T)`` float32.
+    """
     # torch.where keeps masked positions out even if their log q is -inf there.
     log_q = torch.where(mask.unsqueeze(0), log_q, torch.zeros_like(log_q))
     return -log_q.mean(dim=0)  # (B, T)

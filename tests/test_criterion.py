@@ -196,16 +196,19 @@ def test_halo_samples_average(build_criterion, model, sample, monkeypatch):
     assert both == pytest.approx((only_first + only_second) / 2, rel=1e-5)
 
 
-@pytest.mark.parametrize("chunk_size", [4, 7])
-def test_chunked_equals_unchunked(build_criterion, model, sample, chunk_size):
+@pytest.mark.parametrize("chunk_size,epsilon", [(4, 0.0), (7, 0.0), (4, 0.1)])
+def test_chunked_equals_unchunked(build_criterion, model, sample, chunk_size, epsilon):
     # B * T = 3 * 7 = 21 positions, so chunks of 4 leave a last chunk of 1. The same seed
-    # gives the same noise in both modes.
-    loss, _, logging_output = run(build_criterion(halo_samples=2), model, sample, seed=5)
+    # gives the same noise in both modes. Unchunked, the clean and noisy rows share one
+    # projection and one gradient buffer. Chunked, the clean rows are projected on their own.
+    loss, _, logging_output = run(
+        build_criterion(halo_samples=2, label_smoothing=epsilon), model, sample, seed=5)
     loss.backward()
     grads = parameter_grads(model)
     model.zero_grad()
     chunked_loss, _, chunked_output = run(
-        build_criterion(halo_samples=2, halo_chunk_size=chunk_size), model, sample, seed=5)
+        build_criterion(halo_samples=2, halo_chunk_size=chunk_size, label_smoothing=epsilon),
+        model, sample, seed=5)
     chunked_loss.backward()
     chunked_grads = parameter_grads(model)
 
@@ -215,6 +218,39 @@ def test_chunked_equals_unchunked(build_criterion, model, sample, chunk_size):
     assert chunked_grads.keys() == grads.keys()
     for name, grad in grads.items():
         assert torch.allclose(chunked_grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_one_projection_call_for_clean_and_noisy_states(build_criterion, model, sample,
+                                                        monkeypatch, samples):
+    calls = []
+    output_layer = model.output_layer
+
+    def counting_output_layer(features, **kwargs):
+        calls.append(tuple(features.shape))
+        return output_layer(features, **kwargs)
+
+    monkeypatch.setattr(model, "output_layer", counting_output_layer)
+    run(build_criterion(halo_samples=samples), model, sample)[0].backward()
+
+    B, T = sample["target"].shape
+    assert len(calls) == 1
+    assert calls[0][:2] == ((1 + samples) * B, T)
+
+
+def test_label_smoothing_with_halo(toy_task, build_criterion, model, sample):
+    # The clean part of the joint call gives fairseq's label-smoothed loss.
+    weight, epsilon = 0.5, 0.1
+    loss, _, logging_output = run(
+        build_criterion(halo_weight=weight, label_smoothing=epsilon), model, sample)
+    expected, _, expected_output = run(
+        LabelSmoothedCrossEntropyCriterion(toy_task, False, label_smoothing=epsilon),
+        model, sample)
+
+    assert logging_output["nll_loss"].item() == pytest.approx(
+        expected_output["nll_loss"].item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        expected.item() + weight * logging_output["halo_loss"].item(), rel=1e-5)
 
 
 def test_gradients_reach_encoder(build_criterion, model, sample):

@@ -433,3 +433,68 @@ def test_check_noise_options_rejects(noise, settings, message):
 @pytest.mark.parametrize("noise", ["uniform", "atanh-gaussian", "gaussian"])
 def test_check_noise_options_accepts_defaults(noise):
     halo.check_noise_options(noise, alpha=1.0, beta=19.0, sigma=1.0, samples=7)
+
+
+# One projection call for clean and noisy rows
+
+
+def separate_joint_scores(logits, n_clean, target, noisy_index, members):
+    """Compute what joint_log_probs returns with ordinary autograd operations."""
+    clean_lprobs = F.log_softmax(logits[:n_clean], dim=-1)
+    gold = clean_lprobs.gather(1, target.unsqueeze(1)).squeeze(1)
+    total = clean_lprobs.sum(dim=1)
+    noisy_lprobs = F.log_softmax(logits[n_clean:], dim=-1)
+    if members is None:
+        log_q = noisy_lprobs.gather(1, noisy_index.unsqueeze(1)).squeeze(1)
+    else:
+        log_q = torch.stack([noisy_lprobs[:, m].logsumexp(dim=1) for m in members], dim=1)
+        log_q = log_q.gather(1, noisy_index.unsqueeze(1)).squeeze(1)
+    return gold, total, log_q
+
+
+@pytest.mark.parametrize("members", [MEMBERS, None], ids=["classes", "singleton"])
+def test_joint_log_probs_match_separate_scores(members):
+    torch.manual_seed(0)
+    logits = torch.randn(5 + 10, 7) * 3  # 5 clean rows, K = 2 neighbours of each
+    target = torch.tensor([0, 6, 2, 5, 1])
+    noisy_index = (target if members is None else torch.tensor([0, 2, 1, 1, 0])).repeat(2)
+    weights = torch.randn(3, 15)
+
+    def weighted_sum(scores):
+        gold, total, log_q = scores
+        return (weights[0, :5] * gold).sum() + (weights[1, :5] * total).sum() + (
+            weights[2, 5:] * log_q).sum()
+
+    joint_logits = logits.clone().requires_grad_(True)
+    joint = halo.joint_log_probs(joint_logits, 5, target, noisy_index, members)
+    weighted_sum(joint).backward()
+    separate_logits = logits.clone().requires_grad_(True)
+    separate = separate_joint_scores(separate_logits, 5, target, noisy_index, members)
+    weighted_sum(separate).backward()
+
+    for got, expected in zip(joint, separate):
+        assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(joint_logits.grad, separate_logits.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("members", [MEMBERS, None], ids=["classes", "singleton"])
+@pytest.mark.parametrize("with_total", [True, False])
+def test_joint_log_probs_gradcheck(members, with_total):
+    torch.manual_seed(0)
+    logits = torch.randn(3 + 6, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([4, 0, 6])
+    noisy_index = (target if members is None else torch.tensor([2, 0, 1])).repeat(2)
+
+    def scores(x):
+        return halo.joint_log_probs(x, 3, target, noisy_index, members, with_total)
+
+    assert torch.autograd.gradcheck(scores, (logits,))
+
+
+def test_joint_log_probs_without_total():
+    logits = torch.randn(2 + 2, 7)
+    target = torch.tensor([1, 3])
+    _, total, _ = halo.joint_log_probs(logits, 2, target, torch.tensor([0, 1]), MEMBERS,
+                                       with_total=False)
+
+    assert total.eq(0).all()

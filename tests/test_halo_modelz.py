@@ -271,6 +271,29 @@ def test_halo_criterion_chunked_matches(wiring, build_selective, make_batch, toy
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
+@pytest.mark.parametrize("wiring", WIRINGS)
+def test_halo_criterion_one_projection_call(wiring, build_selective, make_batch, toy_task,
+                                           monkeypatch):
+    # The selective decoder normalizes in its own way, so the joint call goes through its
+    # get_normalized_probs. The clean rows must still give the loss without Halo.
+    model = build_selective(wiring).train()
+    sample = make_batch(SOURCES)
+    clean_nll = halo_criterion(toy_task, halo_weight=0.0)(model, sample)[2]["nll_loss"]
+    calls = []
+    output_layer = model.decoder.output_layer
+
+    def counting_output_layer(features, **kwargs):
+        calls.append(tuple(features.shape))
+        return output_layer(features, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "output_layer", counting_output_layer)
+    _, _, logging_output = halo_criterion(toy_task, halo_samples=2)(model, sample)
+
+    B, T = sample["target"].shape
+    assert calls == [(3 * B, T, calls[0][2])]
+    assert logging_output["nll_loss"].item() == pytest.approx(clean_nll.item(), rel=1e-5)
+
+
 # Configuration
 
 

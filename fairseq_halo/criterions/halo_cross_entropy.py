@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
@@ -63,6 +64,29 @@ def token_nll_loss(lprobs, target, epsilon, ignore_index, reduce=True):
     if reduce:
         nll_loss = nll_loss.sum()
     return nll_loss, nll_loss
+
+
+def smoothed_nll_loss(gold, total, target, epsilon, ignore_index, V, reduce=True):
+    """Return ``(loss, nll_loss)`` as :func:`token_nll_loss`, from per-row sums.
+
+    Args:
+        gold: ``(N,)`` float32 log-probability of each gold token.
+        total: ``(N,)`` float32 sum of each row's log-probabilities (read when epsilon > 0).
+        target: ``(N,)`` int64 gold ids; positions equal to ``ignore_index`` count 0.
+        V: the vocabulary size.
+    """
+    pad = target.eq(ignore_index).unsqueeze(-1)  # (N, 1)
+    nll_loss = (-gold).unsqueeze(-1).masked_fill(pad, 0.0)  # (N, 1)
+    if reduce:
+        nll_loss = nll_loss.sum()
+    if epsilon == 0:
+        return nll_loss, nll_loss
+    # As fairseq's label_smoothed_nll_loss: weight epsilon / (V - 1) on every other token.
+    smooth_loss = (-total).unsqueeze(-1).masked_fill(pad, 0.0)  # (N, 1)
+    if reduce:
+        smooth_loss = smooth_loss.sum()
+    eps_i = epsilon / (V - 1)
+    return (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss, nll_loss
 
 
 def normalizes_with_log_softmax(model) -> bool:
@@ -208,44 +232,23 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         if use_halo and not self._checked_bounds:
             self.check_bounded(h[..., dims])
 
-        # The neighbours, drawn before any projection.
-        h_noisy = None
-        if use_halo:
+        logging_output = {}
+        if not use_halo:
+            loss, nll_loss = self.clean_losses(model, h, extra, target, reduce)
+        else:
             h_noisy = halo.perturb_dims(
                 h, dims, self.noise, self.samples, self.alpha, self.beta, self.sigma
-            )
-
-        # NLL of the gold token, label-smoothed if requested.
-        lprobs = self.log_probs(model, h, extra)  # (B, T, V)
-        loss, nll_loss = token_nll_loss(
-            lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
-            ignore_index=self.padding_idx, reduce=reduce,
-        )
-
-        # The Halo term on positions whose gold token has a class.
-        logging_output = {}
-        if use_halo:
+            )  # (K, B, T, C)
+            # The Halo term covers the positions whose gold token has a class.
             gold_class = gold_classes(self.partition_on(target.device), target)  # (B, T)
             mask = target.ne(self.padding_idx) & gold_class.ge(0)
-            members = self.members(target.device)
-            # Where the model normalizes with a plain log-softmax, the Halo term normalizes the
-            # noisy logits itself, which costs less than a log-softmax over the vocabulary.
-            from_logits = normalizes_with_log_softmax(model)
-            project = ((lambda x: model.output_layer(x).float()) if from_logits
-                       else (lambda x: self.log_probs(model, x, extra)))
             if self.chunk_size == 0:
-                # One projection call for all K neighbours. Adding the clean states to it would
-                # cost more, since its backward pass would concatenate the two gradients.
-                K, B, T, C = h_noisy.shape
-                noisy = project(h_noisy.reshape(K * B, T, C)).view(K, B, T, -1)  # (K, B, T, V)
-                per_position = halo.halo_positions(
-                    noisy, gold_class, mask, members, target, from_logits
-                )  # (B, T)
+                loss, nll_loss, per_position = self.joint_losses(
+                    model, h, h_noisy, extra, target, gold_class, mask, reduce
+                )
             else:
-                per_position = halo.chunked_halo_positions(
-                    h_noisy, gold_class, mask, project, members, target, self.chunk_size,
-                    from_logits,
-                )  # (B, T)
+                loss, nll_loss = self.clean_losses(model, h, extra, target, reduce)
+                per_position = self.chunked_halo(model, h_noisy, extra, target, gold_class, mask)
             halo_sum = per_position.sum()
             if reduce:
                 loss = loss + self.weight * halo_sum
@@ -260,6 +263,65 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
             "nsentences": sample["target"].size(0), "sample_size": sample_size,
         })
         return loss, sample_size, logging_output
+
+    def clean_losses(self, model, h, extra, target, reduce):
+        """Return ``(loss, nll_loss)`` of the clean states alone, as fairseq's criteria do."""
+        lprobs = self.log_probs(model, h, extra)  # (B, T, V)
+        return token_nll_loss(
+            lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
+            ignore_index=self.padding_idx, reduce=reduce,
+        )
+
+    def joint_losses(self, model, h, h_noisy, extra, target, gold_class, mask, reduce):
+        """Project the clean states and all K neighbours in one output-layer call.
+
+        Returns:
+            ``(loss, nll_loss, per_position)``: the token losses as :meth:`clean_losses`
+            returns them and the ``(B, T)`` Halo term of each position.
+        """
+        K, B, T, C = h_noisy.shape
+        states = torch.cat([h.unsqueeze(0), h_noisy]).view((1 + K) * B, T, C)
+        members = self.members(target.device)
+        if not normalizes_with_log_softmax(model):
+            # The model normalizes in its own way, so the rows go through its
+            # get_normalized_probs and are split afterwards.
+            lprobs = self.log_probs(model, states, extra)  # ((1 + K) * B, T, V)
+            clean, noisy = lprobs.split([B, K * B])
+            loss, nll_loss = token_nll_loss(
+                clean.reshape(-1, clean.size(-1)), target.view(-1), self.eps,
+                ignore_index=self.padding_idx, reduce=reduce,
+            )
+            per_position = halo.halo_positions(
+                noisy.view(K, B, T, -1), gold_class, mask, members, target
+            )  # (B, T)
+            return loss, nll_loss, per_position
+
+        # A plain log-softmax model: score both kinds of rows straight from the logits, with
+        # one gradient buffer for all of them.
+        logits = model.output_layer(states).float()  # ((1 + K) * B, T, V)
+        V = logits.size(-1)
+        flat_target = target.reshape(-1)  # (B*T,)
+        noisy_index = flat_target if members is None else gold_class.clamp(min=0).reshape(-1)
+        gold, total, log_q = halo.joint_log_probs(
+            logits.view(-1, V), B * T, flat_target, noisy_index.repeat(K), members,
+            with_total=self.eps > 0,
+        )  # (B*T,), (B*T,), (K*B*T,)
+        loss, nll_loss = smoothed_nll_loss(
+            gold, total, flat_target, self.eps, self.padding_idx, V, reduce
+        )
+        return loss, nll_loss, halo.masked_term(log_q.view(K, B, T), mask)
+
+    def chunked_halo(self, model, h_noisy, extra, target, gold_class, mask):
+        """Return the ``(B, T)`` Halo term, projected in chunks of positions."""
+        # Where the model normalizes with a plain log-softmax, the Halo term normalizes the
+        # noisy logits itself, which costs less than a log-softmax over the vocabulary.
+        from_logits = normalizes_with_log_softmax(model)
+        project = ((lambda x: model.output_layer(x).float()) if from_logits
+                   else (lambda x: self.log_probs(model, x, extra)))
+        return halo.chunked_halo_positions(
+            h_noisy, gold_class, mask, project, self.members(target.device), target,
+            self.chunk_size, from_logits,
+        )  # (B, T)
 
     @staticmethod
     def log_probs(model, states, extra):
