@@ -425,3 +425,27 @@ def test_bounded_noise_rejects_unbounded_features(build_criterion, model, sample
         run(build_criterion(halo_noise="uniform"), model, sample)
     loss = run(build_criterion(halo_noise="gaussian"), model, sample)[0]
     assert math.isfinite(loss.item())
+
+
+# Half precision: the criterion computes in float32 whatever the model's dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_loss_float32(build_criterion, build_model, sample, dtype,
+                                           monkeypatch):
+    # A float32 and a half-precision copy of the same model see the same neighbours.
+    reference = build_model().train()
+    model = build_model().to(dtype).train()
+    monkeypatch.setattr(halo, "perturb", fixed_neighbours(lambda h: 0.5 * h + 0.25))
+    loss, _, logging_output = run(build_criterion(), model, sample)
+    expected, _, expected_output = run(build_criterion(), reference, sample)
+    loss.backward()
+
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(expected.item(), rel=3e-2)
+    assert logging_output["halo_loss"].item() == pytest.approx(
+        expected_output["halo_loss"].item(), rel=3e-2)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads
+    assert all(torch.isfinite(grad).all() for grad in grads)
