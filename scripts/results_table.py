@@ -5,7 +5,9 @@ Usage: python scripts/results_table.py RUN_DIR [RUN_DIR ...]
 Each RUN_DIR is named ``<config>-seed<N>`` and contains ``score.json`` (``halo-score --json``) and
 optionally ``train_seconds`` and ``train.log``, whose last ``best_loss`` is the lowest validation
 loss (bits per target token, without the Halo term). With several seeds of a configuration, a mean
-row and a row with the sample standard deviation follow.
+row and a row with the sample standard deviation follow. When the run folders lie in more than one
+parent folder (say runs/zh-modelz and runs/zh-modelp), each configuration is named
+``<parent>/<config>``, so that runs of different models are not averaged together.
 """
 
 import json
@@ -35,9 +37,12 @@ def lookup(report: Dict, keys) -> Optional[float]:
     return value if isinstance(value, (int, float)) else None
 
 
-def read_row(run_dir: Path) -> Dict:
+def read_row(run_dir: Path, with_parent: bool = False) -> Dict:
     config, _, seed = run_dir.name.rpartition("-seed")
-    row = {"config": config or run_dir.name, "seed": seed}
+    config = config or run_dir.name
+    if with_parent:
+        config = f"{run_dir.resolve().parent.name}/{config}"
+    row = {"config": config, "seed": seed}
     score_file = run_dir / "score.json"
     report = json.loads(score_file.read_text(encoding="utf-8")) if score_file.is_file() else {}
     for label, keys in COLUMNS:
@@ -94,7 +99,9 @@ def main(argv: List[str]) -> int:
     if not argv:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
-    rows = [read_row(Path(arg)) for arg in argv]
+    run_dirs = [Path(arg) for arg in argv]
+    with_parent = len({run_dir.resolve().parent for run_dir in run_dirs}) > 1
+    rows = [read_row(run_dir, with_parent) for run_dir in run_dirs]
     print(format_table(rows + mean_rows(rows)))
     print("Scores are percentages on the test set; n/a: no score (the run failed or was skipped).")
     return 0

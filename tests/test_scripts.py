@@ -226,3 +226,19 @@ def test_results_table_mean_and_sd(tmp_path):
     assert rows[("halo", "sd")][0] == "7.07"
     # The last best_loss of each log: 4.5 and 4.0, mean 4.25.
     assert rows[("halo", "mean")][4] == "4.25"
+
+
+def test_results_table_separates_run_folders(tmp_path):
+    write_run(tmp_path / "zh-modelz" / "nohalo-seed1", bleu=10.0, best_loss=4.5)
+    write_run(tmp_path / "zh-modelz" / "nohalo-seed2", bleu=20.0, best_loss=4.0)
+    write_run(tmp_path / "zh-modelp" / "nohalo-seed1", bleu=30.0, best_loss=3.0)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results_table.py"),
+         *(str(path) for path in sorted(tmp_path.glob("*/nohalo-seed*")))],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in result.stdout.splitlines()}
+
+    assert rows[("zh-modelz/nohalo", "mean")][0] == "15.00"
+    assert rows[("zh-modelp/nohalo", "1")][0] == "30.00"
+    assert ("zh-modelp/nohalo", "mean") not in rows
