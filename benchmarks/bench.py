@@ -71,6 +71,10 @@ ROWS = [
         ["--arch", "halo_lstm"] + LSTM_SIZES + CROSS_ENTROPY),
     Row("2f", "halo_lstm --input-feeding + cross_entropy", "halo_lstm_feed",
         ["--arch", "halo_lstm", "--input-feeding"] + LSTM_SIZES + CROSS_ENTROPY),
+    Row("2fn", "halo_lstm --input-feeding --no-residuals + cross_entropy",
+        "halo_lstm_feed_plain",
+        ["--arch", "halo_lstm", "--input-feeding", "--no-residuals"] + LSTM_SIZES
+        + CROSS_ENTROPY),
     Row("3", "halo_lstm + halo_cross_entropy K=1", "halo_lstm",
         ["--arch", "halo_lstm"] + LSTM_SIZES + HALO),
     Row("3k4", "halo_lstm + halo_cross_entropy K=4", "halo_lstm",

@@ -63,6 +63,9 @@ def check_targets(summary: dict, kind: str) -> dict:
     if "2" in rows:
         checks.append(("halo_lstm time per update over lstm",
                        rows["2"][kind]["ratio_to_row_1"]["median"], 1.0, True))
+    if "2f" in rows:
+        checks.append(("halo_lstm --input-feeding time per update over lstm",
+                       rows["2f"][kind]["ratio_to_row_1"]["median"], 1.0, True))
     if "halo_lstm" in generation:
         checks.append(("halo_lstm beam-search throughput over lstm",
                        generation["halo_lstm"][kind]["ratio_to_lstm"]["median"], 1.0, False))

@@ -13,7 +13,8 @@ Notation, per target position (see :mod:`fairseq_halo.halo` for the functions):
 
 loss = NLL of the gold token (optionally label-smoothed) + halo_weight * -log q[class of gold],
 summed over target positions; the Halo term is averaged over the K neighbours and skips
-positions whose gold token has no class. The term is a training regularizer: validation and
+positions whose gold token has no class. The clean states and their K neighbours go through the
+model's output layer in one call (unless ``--halo-chunk-size`` splits the neighbours). The term is a training regularizer: validation and
 ``checkpoint_best.pt`` use the clean loss only, so their numbers are comparable across settings.
 """
 
