@@ -156,6 +156,21 @@ def _class_mass_forward(scores, column_class, num_classes, from_logits):
     return log_q, (shifted, mass, column_class, shift, total)
 
 
+def _class_mass_weight(grad, mass, shift, total):
+    """Return the ``(N, n + 1)`` factor of each class in the gradient of the class log mass.
+
+    The gradient with respect to a score is that factor of the score's class times the score's
+    shifted probability, ``exp(score - shift of its class)``.
+    """
+    n = grad.size(1)
+    weight = grad.new_zeros(mass.shape)  # (N, n + 1), 0 for tokens in no class
+    weight[:, :n] = grad / mass[:, :n]
+    if total is not None:
+        # The normalizer takes each column's softmax probability, shifted * exp(shift - total).
+        weight -= grad.sum(dim=1, keepdim=True) * (shift - total).exp()
+    return weight
+
+
 def _class_mass_backward(grad, saved, out=None):
     """Return the gradient of :func:`_class_mass_forward`'s scores, written into ``out``.
 
@@ -165,12 +180,7 @@ def _class_mass_backward(grad, saved, out=None):
         out: an optional ``(N, V)`` contiguous buffer for the result.
     """
     shifted, mass, column_class, shift, total = saved
-    n = grad.size(1)
-    weight = grad.new_zeros(mass.shape)  # (N, n + 1), 0 for tokens in no class
-    weight[:, :n] = grad / mass[:, :n]
-    if total is not None:
-        # The normalizer takes each column's softmax probability, shifted * exp(shift - total).
-        weight -= grad.sum(dim=1, keepdim=True) * (shift - total).exp()
+    weight = _class_mass_weight(grad, mass, shift, total)
     if out is None:
         out = weight.index_select(1, column_class)
     else:
@@ -205,41 +215,53 @@ class _JointLogProbs(torch.autograd.Function):
     ``M = R - N`` from their noisy neighbours. From each clean row the forward pass returns the
     log-probability of the gold token and, with ``with_total``, the sum of all log-probabilities,
     which label smoothing needs. From each noisy row it returns log q of the gold token's class,
-    which for the singleton partition is the gold token's own probability. The backward pass
-    writes the gradient of both parts into a single ``(R, V)`` buffer, where autograd would
-    compute them separately and then concatenate them into another buffer of that size.
+    which for the singleton partition is the gold token's own probability.
+
+    The forward pass keeps only the logits and a few numbers per row. The backward pass
+    recomputes the probabilities from them and writes the gradient of all rows into one
+    ``(R, V)`` buffer, which with ``consume`` is the logits tensor itself. Autograd through the
+    same operations would hold several buffers of that size and concatenate two gradients.
     """
 
     @staticmethod
-    def forward(ctx, logits, n_clean, target, noisy_index, column_class, num_classes, with_total):
+    def forward(ctx, logits, n_clean, target, noisy_index, column_class, num_classes,
+                with_total, consume):
         # logits (R, V); target (N,) gold ids; noisy_index (M,) the gold class of each noisy row
         # (the gold id for the singleton partition, column_class None).
+        V = logits.size(1)
         clean, noisy = logits[:n_clean], logits[n_clean:]
-        clean_lprobs = torch.log_softmax(clean, dim=1)  # (N, V)
-        gold = clean_lprobs.gather(1, target.unsqueeze(1)).squeeze(1)  # (N,)
-        total = clean_lprobs.sum(dim=1) if with_total else gold.new_zeros(gold.shape)  # (N,)
-        if column_class is None:
-            noisy_lprobs = torch.log_softmax(noisy, dim=1)  # (M, V)
-            log_q = noisy_lprobs.gather(1, noisy_index.unsqueeze(1)).squeeze(1)  # (M,)
-            saved = (noisy_lprobs,)
+        clean_norm = torch.logsumexp(clean, dim=1)  # (N,)
+        gold = clean.gather(1, target.unsqueeze(1)).squeeze(1) - clean_norm  # (N,)
+        if with_total:
+            total = clean.sum(dim=1) - V * clean_norm  # (N,)
         else:
-            class_log_q, saved = _class_mass_forward(noisy, column_class, num_classes, True)
-            log_q = class_log_q.gather(1, noisy_index.unsqueeze(1)).squeeze(1)  # (M,)
-        ctx.n_clean, ctx.num_classes = n_clean, num_classes
+            total = gold.new_zeros(gold.shape)
+        if column_class is None:
+            noisy_norm = torch.logsumexp(noisy, dim=1, keepdim=True)  # (M, 1)
+            log_q = noisy.gather(1, noisy_index.unsqueeze(1)) - noisy_norm  # (M, 1)
+            saved = (noisy_norm,)
+        else:
+            class_log_q, (shifted, *saved) = _class_mass_forward(
+                noisy, column_class, num_classes, True
+            )
+            del shifted  # recomputed in the backward pass
+            log_q = class_log_q.gather(1, noisy_index.unsqueeze(1))  # (M, 1)
+        ctx.num_classes, ctx.with_total, ctx.consume = num_classes, with_total, consume
         ctx.singleton = column_class is None
-        ctx.with_total = with_total
-        ctx.save_for_backward(clean_lprobs, target, noisy_index, *saved)
-        return gold, total, log_q
+        ctx.save_for_backward(logits, clean_norm, target, noisy_index, *saved)
+        return gold, total, log_q.squeeze(1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_gold, grad_total, grad_log_q):
-        clean_lprobs, target, noisy_index, *saved = ctx.saved_tensors
-        N, V = clean_lprobs.shape
-        grad = clean_lprobs.new_empty((N + noisy_index.numel(), V))  # (R, V)
+        logits, clean_norm, target, noisy_index, *saved = ctx.saved_tensors
+        # Consumed logits take the gradient in place. A second backward pass then fails in
+        # autograd's check of saved tensors, since the logits have changed.
+        grad = logits if ctx.consume else torch.empty_like(logits)  # (R, V)
+        N, V = clean_norm.numel(), logits.size(1)
 
         # d log p_y / dz_v = [v = y] - p_v and d sum_u log p_u / dz_v = 1 - V p_v.
-        clean_grad = torch.exp(clean_lprobs, out=grad[:N])  # (N, V), p
+        clean_grad = torch.sub(logits[:N], clean_norm.unsqueeze(1), out=grad[:N]).exp_()  # p
         if ctx.with_total:
             clean_grad.mul_(-(grad_gold + V * grad_total).unsqueeze(1))
             clean_grad.add_(grad_total.unsqueeze(1))
@@ -247,33 +269,41 @@ class _JointLogProbs(torch.autograd.Function):
             clean_grad.mul_(-grad_gold.unsqueeze(1))
         clean_grad.scatter_add_(1, target.unsqueeze(1), grad_gold.unsqueeze(1))
 
-        noisy_grad = grad[N:]  # (M, V)
+        noisy, noisy_grad = logits[N:], grad[N:]  # (M, V)
         if ctx.singleton:
-            (noisy_lprobs,) = saved
-            torch.exp(noisy_lprobs, out=noisy_grad).mul_(-grad_log_q.unsqueeze(1))
+            (noisy_norm,) = saved
+            torch.sub(noisy, noisy_norm, out=noisy_grad).exp_().mul_(-grad_log_q.unsqueeze(1))
             noisy_grad.scatter_add_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
         else:
+            mass, column_class, shift, total = saved
+            per_column = shift.index_select(1, column_class)  # (M, V), the shift of each column
+            torch.sub(noisy, per_column, out=noisy_grad).exp_()  # shifted probabilities
             class_grad = grad_log_q.new_zeros((noisy_index.numel(), ctx.num_classes))  # (M, n)
             class_grad.scatter_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
-            _class_mass_backward(class_grad, saved, out=noisy_grad)
-        return grad, None, None, None, None, None, None
+            weight = _class_mass_weight(class_grad, mass, shift, total)  # (M, n + 1)
+            torch.index_select(weight, 1, column_class, out=per_column)
+            noisy_grad.mul_(per_column)
+        return grad, None, None, None, None, None, None, None
 
 
 def joint_log_probs(
     logits: torch.Tensor, n_clean: int, target: torch.Tensor, noisy_gold_class: torch.Tensor,
-    members: Optional[List[torch.Tensor]], with_total: bool = True,
+    members: Optional[List[torch.Tensor]], with_total: bool = True, consume: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score the clean and the noisy rows of one projection call.
 
     Args:
-        logits: ``(R, V)`` float32 unnormalized scores whose log-softmax is the model's
-            distribution; the first ``n_clean`` rows come from the clean states.
+        logits: ``(R, V)`` float32 contiguous unnormalized scores whose log-softmax is the
+            model's distribution; the first ``n_clean`` rows come from the clean states.
         target: ``(n_clean,)`` int64 gold ids of the clean rows.
         noisy_gold_class: ``(R - n_clean,)`` int64 class of the gold token of each noisy row,
             or the gold id itself for the singleton partition. Rows whose gold token has no
             class need some valid class here, and the caller masks them out.
         members: class members as in :func:`class_log_mass`; None for the singleton partition.
         with_total: compute ``total``; without it, ``total`` is zeros and takes no gradient.
+        consume: let the backward pass overwrite ``logits`` with their gradient, which saves
+            a buffer of their size. Only for logits that nothing reads after the backward pass
+            (such as the fresh output of a linear layer) and that take one backward pass.
 
     Returns:
         ``(gold, total, log_q)``: ``(n_clean,)`` log-probability of the gold token and
@@ -285,7 +315,7 @@ def joint_log_probs(
     else:
         column_class, n = column_classes(members, logits.size(1), logits.device), len(members)
     return _JointLogProbs.apply(
-        logits, n_clean, target, noisy_gold_class, column_class, n, with_total
+        logits, n_clean, target, noisy_gold_class, column_class, n, with_total, consume
     )
 
 

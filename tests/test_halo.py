@@ -454,8 +454,9 @@ def separate_joint_scores(logits, n_clean, target, noisy_index, members):
     return gold, total, log_q
 
 
+@pytest.mark.parametrize("consume", [False, True])
 @pytest.mark.parametrize("members", [MEMBERS, None], ids=["classes", "singleton"])
-def test_joint_log_probs_match_separate_scores(members):
+def test_joint_log_probs_match_separate_scores(members, consume):
     torch.manual_seed(0)
     logits = torch.randn(5 + 10, 7) * 3  # 5 clean rows, K = 2 neighbours of each
     target = torch.tensor([0, 6, 2, 5, 1])
@@ -468,7 +469,9 @@ def test_joint_log_probs_match_separate_scores(members):
             weights[2, 5:] * log_q).sum()
 
     joint_logits = logits.clone().requires_grad_(True)
-    joint = halo.joint_log_probs(joint_logits, 5, target, noisy_index, members)
+    # A consumed buffer must be one that nothing else reads, as a layer's fresh output is.
+    joint_input = joint_logits * 1.0 if consume else joint_logits
+    joint = halo.joint_log_probs(joint_input, 5, target, noisy_index, members, consume=consume)
     weighted_sum(joint).backward()
     separate_logits = logits.clone().requires_grad_(True)
     separate = separate_joint_scores(separate_logits, 5, target, noisy_index, members)
@@ -500,3 +503,15 @@ def test_joint_log_probs_without_total():
                                        with_total=False)
 
     assert total.eq(0).all()
+
+
+def test_joint_log_probs_consumed_logits_take_gradient():
+    logits = torch.randn(2 + 2, 7, requires_grad=True)
+    scores = logits * 1.0
+    gold, _, log_q = halo.joint_log_probs(scores, 2, torch.tensor([1, 3]), torch.tensor([0, 1]),
+                                          MEMBERS, consume=True)
+    (gold.sum() + log_q.sum()).backward(retain_graph=True)
+
+    assert torch.equal(scores.detach(), logits.grad)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (gold.sum() + log_q.sum()).backward()

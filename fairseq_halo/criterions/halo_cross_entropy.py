@@ -303,9 +303,10 @@ class HaloCrossEntropyCriterion(FairseqCriterion):
         V = logits.size(-1)
         flat_target = target.reshape(-1)  # (B*T,)
         noisy_index = flat_target if members is None else gold_class.clamp(min=0).reshape(-1)
+        # The logits are read by nothing else, so their buffer takes the gradient.
         gold, total, log_q = halo.joint_log_probs(
             logits.view(-1, V), B * T, flat_target, noisy_index.repeat(K), members,
-            with_total=self.eps > 0,
+            with_total=self.eps > 0, consume=True,
         )  # (B*T,), (B*T,), (K*B*T,)
         loss, nll_loss = smoothed_nll_loss(
             gold, total, flat_target, self.eps, self.padding_idx, V, reduce
