@@ -217,10 +217,11 @@ class _JointLogProbs(torch.autograd.Function):
     which label smoothing needs. From each noisy row it returns log q of the gold token's class,
     which for the singleton partition is the gold token's own probability.
 
-    The forward pass keeps only the logits and a few numbers per row. The backward pass
-    recomputes the probabilities from them and writes the gradient of all rows into one
-    ``(R, V)`` buffer, which with ``consume`` is the logits tensor itself. Autograd through the
-    same operations would hold several buffers of that size and concatenate two gradients.
+    The forward pass keeps the logits, the shifted class probabilities of the noisy rows and a
+    few numbers per row. The backward pass recomputes the clean rows' probabilities from the
+    logits and writes the gradient of all rows into one ``(R, V)`` buffer, which with
+    ``consume`` is the logits tensor itself, so it allocates no buffer of that size. Autograd
+    through the same operations would hold several and concatenate two gradients.
     """
 
     @staticmethod
@@ -241,10 +242,7 @@ class _JointLogProbs(torch.autograd.Function):
             log_q = noisy.gather(1, noisy_index.unsqueeze(1)) - noisy_norm  # (M, 1)
             saved = (noisy_norm,)
         else:
-            class_log_q, (shifted, *saved) = _class_mass_forward(
-                noisy, column_class, num_classes, True
-            )
-            del shifted  # recomputed in the backward pass
+            class_log_q, saved = _class_mass_forward(noisy, column_class, num_classes, True)
             log_q = class_log_q.gather(1, noisy_index.unsqueeze(1))  # (M, 1)
         ctx.num_classes, ctx.with_total, ctx.consume = num_classes, with_total, consume
         ctx.singleton = column_class is None
@@ -275,14 +273,9 @@ class _JointLogProbs(torch.autograd.Function):
             torch.sub(noisy, noisy_norm, out=noisy_grad).exp_().mul_(-grad_log_q.unsqueeze(1))
             noisy_grad.scatter_add_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
         else:
-            mass, column_class, shift, total = saved
-            per_column = shift.index_select(1, column_class)  # (M, V), the shift of each column
-            torch.sub(noisy, per_column, out=noisy_grad).exp_()  # shifted probabilities
             class_grad = grad_log_q.new_zeros((noisy_index.numel(), ctx.num_classes))  # (M, n)
             class_grad.scatter_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
-            weight = _class_mass_weight(class_grad, mass, shift, total)  # (M, n + 1)
-            torch.index_select(weight, 1, column_class, out=per_column)
-            noisy_grad.mul_(per_column)
+            _class_mass_backward(class_grad, saved, out=noisy_grad)
         return grad, None, None, None, None, None, None, None
 
 
