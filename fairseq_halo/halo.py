@@ -229,25 +229,22 @@ class _JointLogProbs(torch.autograd.Function):
                 with_total, consume):
         # logits (R, V); target (N,) gold ids; noisy_index (M,) the gold class of each noisy row
         # (the gold id for the singleton partition, column_class None).
-        V = logits.size(1)
         clean, noisy = logits[:n_clean], logits[n_clean:]
-        clean_norm = torch.logsumexp(clean, dim=1)  # (N,)
-        gold = clean.gather(1, target.unsqueeze(1)).squeeze(1) - clean_norm  # (N,)
+        gold, clean_norm = _log_prob_at(clean, target)  # (N,), (N,)
         if with_total:
-            total = clean.sum(dim=1) - V * clean_norm  # (N,)
+            total = clean.sum(dim=1) - logits.size(1) * clean_norm  # (N,)
         else:
             total = gold.new_zeros(gold.shape)
         if column_class is None:
-            noisy_norm = torch.logsumexp(noisy, dim=1, keepdim=True)  # (M, 1)
-            log_q = noisy.gather(1, noisy_index.unsqueeze(1)) - noisy_norm  # (M, 1)
+            log_q, noisy_norm = _log_prob_at(noisy, noisy_index)  # (M,), (M,)
             saved = (noisy_norm,)
         else:
             class_log_q, saved = _class_mass_forward(noisy, column_class, num_classes, True)
-            log_q = class_log_q.gather(1, noisy_index.unsqueeze(1))  # (M, 1)
+            log_q = class_log_q.gather(1, noisy_index.unsqueeze(1)).squeeze(1)  # (M,)
         ctx.num_classes, ctx.with_total, ctx.consume = num_classes, with_total, consume
         ctx.singleton = column_class is None
         ctx.save_for_backward(logits, clean_norm, target, noisy_index, *saved)
-        return gold, total, log_q.squeeze(1)
+        return gold, total, log_q
 
     @staticmethod
     @once_differentiable
@@ -256,27 +253,38 @@ class _JointLogProbs(torch.autograd.Function):
         # Consumed logits take the gradient in place. A second backward pass then fails in
         # autograd's check of saved tensors, since the logits have changed.
         grad = logits if ctx.consume else torch.empty_like(logits)  # (R, V)
-        N, V = clean_norm.numel(), logits.size(1)
-
-        # d log p_y / dz_v = [v = y] - p_v and d sum_u log p_u / dz_v = 1 - V p_v.
-        clean_grad = torch.sub(logits[:N], clean_norm.unsqueeze(1), out=grad[:N]).exp_()  # p
-        if ctx.with_total:
-            clean_grad.mul_(-(grad_gold + V * grad_total).unsqueeze(1))
-            clean_grad.add_(grad_total.unsqueeze(1))
-        else:
-            clean_grad.mul_(-grad_gold.unsqueeze(1))
-        clean_grad.scatter_add_(1, target.unsqueeze(1), grad_gold.unsqueeze(1))
-
-        noisy, noisy_grad = logits[N:], grad[N:]  # (M, V)
+        N = clean_norm.numel()
+        _log_prob_at_backward(logits[:N], clean_norm, target, grad_gold, grad[:N],
+                              grad_total if ctx.with_total else None)
         if ctx.singleton:
             (noisy_norm,) = saved
-            torch.sub(noisy, noisy_norm, out=noisy_grad).exp_().mul_(-grad_log_q.unsqueeze(1))
-            noisy_grad.scatter_add_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
+            _log_prob_at_backward(logits[N:], noisy_norm, noisy_index, grad_log_q, grad[N:])
         else:
             class_grad = grad_log_q.new_zeros((noisy_index.numel(), ctx.num_classes))  # (M, n)
             class_grad.scatter_(1, noisy_index.unsqueeze(1), grad_log_q.unsqueeze(1))
-            _class_mass_backward(class_grad, saved, out=noisy_grad)
+            _class_mass_backward(class_grad, saved, out=grad[N:])
         return grad, None, None, None, None, None, None, None
+
+
+def _log_prob_at(scores, index):
+    """Return each row's log-softmax at ``index`` and the row's logsumexp, both ``(N,)``."""
+    norm = torch.logsumexp(scores, dim=1)  # (N,)
+    return scores.gather(1, index.unsqueeze(1)).squeeze(1) - norm, norm
+
+
+def _log_prob_at_backward(scores, norm, index, grad, out, grad_total=None):
+    """Write the gradient of :func:`_log_prob_at` into the ``(N, V)`` buffer ``out``.
+
+    With ``grad_total``, the gradient of the sum of each row's log-probabilities is added:
+    d log p_y / dz_v = [v = y] - p_v and d sum_u log p_u / dz_v = 1 - V p_v.
+    """
+    probs = torch.sub(scores, norm.unsqueeze(1), out=out).exp_()  # (N, V)
+    if grad_total is None:
+        probs.mul_(-grad.unsqueeze(1))
+    else:
+        probs.mul_(-(grad + scores.size(1) * grad_total).unsqueeze(1))
+        probs.add_(grad_total.unsqueeze(1))
+    return probs.scatter_add_(1, index.unsqueeze(1), grad.unsqueeze(1))
 
 
 def joint_log_probs(

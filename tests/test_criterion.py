@@ -221,8 +221,8 @@ def test_chunked_equals_unchunked(build_criterion, model, sample, chunk_size, ep
 
 
 @pytest.mark.parametrize("samples", [1, 3])
-def test_one_projection_call_for_clean_and_noisy_states(build_criterion, model, sample,
-                                                        monkeypatch, samples):
+def test_clean_and_noisy_share_projection(build_criterion, model, sample,
+                                          monkeypatch, samples):
     calls = []
     output_layer = model.output_layer
 

@@ -505,7 +505,7 @@ def test_joint_log_probs_without_total():
     assert total.eq(0).all()
 
 
-def test_joint_log_probs_consumed_logits_take_gradient():
+def test_consumed_logits_take_gradient():
     logits = torch.randn(2 + 2, 7, requires_grad=True)
     scores = logits * 1.0
     gold, _, log_q = halo.joint_log_probs(scores, 2, torch.tensor([1, 3]), torch.tensor([0, 1]),
