@@ -122,6 +122,33 @@ def build_model(toy_task):
     return build
 
 
+# Tensor methods that copy values to Python, each a device sync on GPU.
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def count_host_reads(monkeypatch):
+    """Return a function that runs a callable and lists, in order, the host reads it made."""
+
+    def count(step):
+        reads = []
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _name=name, _original=original, **kwargs):
+                reads.append(_name)
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        try:
+            step()
+        finally:
+            monkeypatch.undo()
+        return reads
+
+    return count
+
+
 @pytest.fixture
 def make_batch(toy_task):
     """Return a factory that collates source lines with their toy targets into a fairseq sample.

@@ -449,3 +449,20 @@ def test_half_precision_model_loss_float32(build_criterion, build_model, sample,
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads
     assert all(torch.isfinite(grad).all() for grad in grads)
+
+
+
+# Host reads
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_training_step_reads_host_once(build_criterion, build_model, sample, count_host_reads,
+                                       input_feeding):
+    # The source lengths are copied once per batch for packing, whatever the number of layers;
+    # nothing else in the forward and backward passes reads a tensor value on the host.
+    model = build_model(encoder_layers=3, decoder_layers=3, encoder_bidirectional=True,
+                        input_feeding=input_feeding, dropout=0.2).train()
+    criterion = build_criterion(halo_samples=2)
+    run(criterion, model, sample)[0].backward()  # the first batch checks the noise bounds
+
+    assert count_host_reads(lambda: run(criterion, model, sample)[0].backward()) == ["cpu"]

@@ -230,6 +230,18 @@ def test_halo_term_moves_with_noise(wiring, build_selective, make_batch, toy_tas
 
 
 @pytest.mark.parametrize("wiring", WIRINGS)
+def test_training_step_reads_host_once(wiring, build_selective, make_batch, toy_task,
+                                       count_host_reads):
+    # As for halo_lstm: one copy of the source lengths per batch, for packing.
+    model = build_selective(wiring, encoder_layers=3, decoder_layers=3, dropout=0.2).train()
+    sample = make_batch(SOURCES)
+    criterion = halo_criterion(toy_task)
+    criterion(model, sample)[0].backward()  # the first batch checks the noise bounds
+
+    assert count_host_reads(lambda: criterion(model, sample)[0].backward()) == ["cpu"]
+
+
+@pytest.mark.parametrize("wiring", WIRINGS)
 def test_halo_term_gradients(wiring, build_selective, make_batch, toy_task):
     model = build_selective(wiring).train()
     halo_term_of(model, halo_criterion(toy_task), make_batch(SOURCES), seed=0).backward()

@@ -61,17 +61,23 @@ class ResidualLSTMStack(nn.Module):
             its final ``(h, c)``.
         """
         final = []
-        # Packing needs the lengths on the CPU, so they are copied once for all layers. On GPU
-        # the copy is a device sync.
-        cpu_lengths = lengths.cpu() if lengths is not None else None
+        if lengths is not None:
+            # Packing needs the lengths on the CPU: one copy per batch, a device sync on GPU.
+            # The stack sorts the batch by length itself, as pack_padded_sequence would, and
+            # restores the order on the device. torch's own restoring path copies the order to
+            # the CPU in every layer.
+            sorted_lengths, order = torch.sort(lengths.cpu(), descending=True)
+            order = order.to(x.device)  # (B,)
+            restore = torch.argsort(order)  # (B,)
         for i, layer in enumerate(self.layers):
             hx = state[i] if state is not None else None
-            if cpu_lengths is not None:
-                packed = nn.utils.rnn.pack_padded_sequence(
-                    x, cpu_lengths, enforce_sorted=False
-                )
+            if lengths is not None:
+                if hx is not None:
+                    hx = tuple(s.index_select(1, order) for s in hx)
+                packed = nn.utils.rnn.pack_padded_sequence(x.index_select(1, order), sorted_lengths)
                 y, (h, c) = layer(packed, hx)
                 y, _ = nn.utils.rnn.pad_packed_sequence(y, total_length=x.size(0))
+                y, h, c = (t.index_select(1, restore) for t in (y, h, c))
             else:
                 y, (h, c) = layer(x, hx)
             y = F.dropout(y, p=self.dropout, training=self.training)  # (T, B, output_size)
