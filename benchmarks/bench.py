@@ -106,6 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--beam", type=int, default=5, help="beam size of the decoding timing")
     parser.add_argument("--rows", nargs="+", default=[row.key for row in ROWS],
                         help="keys of the rows to run; row 1 is always run")
+    parser.add_argument("--cache", type=Path, default=CACHE,
+                        help="folder for the binarized EWT data (default benchmarks/cache)")
     parser.add_argument("--skip-memory", action="store_true",
                         help="skip the peak-memory subprocesses (quick timing checks)")
     parser.add_argument("--memory-worker", metavar="KEY",
@@ -291,7 +293,7 @@ def build_generator(cfg, task, trainer, args, length_ratio: float):
 def memory_worker(args) -> dict:
     """Measure one row's peak memory per update, output-layer calls and host reads (subprocess)."""
     row = next(r for r in ROWS if r.key == args.memory_worker)
-    _, task, trainer = build_trainer(row, binarize(CACHE), args)
+    _, task, trainer = build_trainer(row, binarize(args.cache), args)
     batches = train_batches(task, args)
     for sample in batches:  # warm-up: optimizer state and lazily built buffers
         trainer.train_step([sample])
@@ -312,6 +314,7 @@ def run_memory_worker(row: Row, args) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", row.key,
                "--device", args.device, "--threads", str(args.threads),
+               "--cache", str(args.cache),
                "--batches", str(args.batches), "--batch-size", str(args.batch_size)]
     result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -365,7 +368,7 @@ def environment(args, data_bin: Path, batches, task) -> dict:
         "python": platform.python_version(), "torch": torch.__version__,
         "fairseq": fairseq.__version__,
         "source_vocab": len(task.source_dictionary), "target_vocab": vocab,
-        "data": str(data_bin.relative_to(REPO)),
+        "data": str(data_bin.relative_to(REPO) if data_bin.is_relative_to(REPO) else data_bin),
         "train_batches": [list(s["target"].shape) for s in batches],
         "logits_mib": [s["target"].numel() * vocab * 4 / 2**20 for s in batches],
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -381,7 +384,7 @@ def main(argv=None):
         return
 
     # Build every row, the fixed batches and one generator per model.
-    data_bin = binarize(CACHE)
+    data_bin = binarize(args.cache)
     rows = [row for row in ROWS if row.key == "1" or row.key in args.rows]
     built = {row.key: build_trainer(row, data_bin, args) for row in rows}
     task = built["1"][1]
