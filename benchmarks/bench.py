@@ -87,25 +87,41 @@ ROWS = [
 ]
 
 
+def positive_int(text: str) -> int:
+    """Parse a count that must be at least 1 (an argparse type)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        usage="%(prog)s --out FILE [options]",
+    )
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="write the results as JSON to this file (required)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to train and decode (default cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads on CPU (default 1, see README)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds over all rows")
+                        help="where to train and decode (default %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads on CPU (see README) (default %(default)s)")
+    parser.add_argument("--rounds", type=positive_int, default=7,
+                        help="timed rounds over all rows (default %(default)s)")
     parser.add_argument("--warmup-rounds", type=int, default=1,
-                        help="untimed rounds before the timed ones")
-    parser.add_argument("--batches", type=int, default=3,
-                        help="fixed training batches per row and round")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    parser.add_argument("--gen-batches", type=int, default=3,
-                        help="test batches decoded per model and round")
-    parser.add_argument("--gen-batch-size", type=int, default=32, help="sentences per batch")
-    parser.add_argument("--beam", type=int, default=5, help="beam size of the decoding timing")
+                        help="untimed rounds before the timed ones (default %(default)s)")
+    parser.add_argument("--batches", type=positive_int, default=3,
+                        help="fixed training batches per row and round (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="sentences per training batch (default %(default)s)")
+    parser.add_argument("--gen-batches", type=positive_int, default=3,
+                        help="test batches decoded per model and round (default %(default)s)")
+    parser.add_argument("--gen-batch-size", type=positive_int, default=32,
+                        help="sentences per decoding batch (default %(default)s)")
+    parser.add_argument("--beam", type=positive_int, default=5,
+                        help="beam size of the decoding timing (default %(default)s)")
     parser.add_argument("--rows", nargs="+", default=[row.key for row in ROWS],
-                        help="keys of the rows to run; row 1 is always run")
+                        help="keys of the rows to run; row 1 is always run (default %(default)s)")
     parser.add_argument("--cache", type=Path, default=CACHE,
                         help="folder for the binarized EWT data (default benchmarks/cache)")
     parser.add_argument("--skip-memory", action="store_true",
@@ -113,8 +129,18 @@ def parse_args(argv=None):
     parser.add_argument("--memory-worker", metavar="KEY",
                         help=argparse.SUPPRESS)  # internal: measure one row's peak memory
     args = parser.parse_args(argv)
-    if args.memory_worker is None and args.out is None:
-        parser.error("--out is required")
+    keys = [row.key for row in ROWS]
+    unknown = [key for key in args.rows if key not in keys]
+    if unknown:
+        parser.error(f"unknown row keys {unknown}: choose from {keys}")
+    if args.warmup_rounds < 0:
+        parser.error(f"--warmup-rounds must be at least 0, got {args.warmup_rounds}")
+    if args.memory_worker is None:
+        if args.out is None:
+            parser.error("--out is required: name the JSON file for the results")
+        if args.out.is_dir():
+            parser.error(f"--out {args.out} is a folder: name a file inside it, such as "
+                         f"{args.out / 'cpu.json'}")
     return args
 
 
@@ -316,7 +342,12 @@ def run_memory_worker(row: Row, args) -> dict:
                "--device", args.device, "--threads", str(args.threads),
                "--cache", str(args.cache),
                "--batches", str(args.batches), "--batch-size", str(args.batch_size)]
-    result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"the memory subprocess of row {row.key} failed with exit status {result.returncode} "
+            "(--skip-memory times the rows without it). Its last output:\n"
+            + result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -355,6 +386,12 @@ def timed_rounds(rows, built, batches, generators, gen_batches, args) -> dict:
     return series
 
 
+def repo_relative(path: Path) -> str:
+    """Write ``path`` relative to the repository where it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
 def environment(args, data_bin: Path, batches, task) -> dict:
     """Describe hardware, versions, data and batch shapes for the results file."""
     import fairseq
@@ -368,10 +405,11 @@ def environment(args, data_bin: Path, batches, task) -> dict:
         "python": platform.python_version(), "torch": torch.__version__,
         "fairseq": fairseq.__version__,
         "source_vocab": len(task.source_dictionary), "target_vocab": vocab,
-        "data": str(data_bin.relative_to(REPO) if data_bin.is_relative_to(REPO) else data_bin),
+        "data": repo_relative(data_bin),
         "train_batches": [list(s["target"].shape) for s in batches],
         "logits_mib": [s["target"].numel() * vocab * 4 / 2**20 for s in batches],
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (repo_relative(v) if isinstance(v, Path) else v)
+                 for k, v in vars(args).items()},
     }
 
 
@@ -382,6 +420,9 @@ def main(argv=None):
     if args.memory_worker:
         print(json.dumps(memory_worker(args)))
         return
+
+    # Fail on an output path that cannot be written before any measuring.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     # Build every row, the fixed batches and one generator per model.
     data_bin = binarize(args.cache)
@@ -400,7 +441,7 @@ def main(argv=None):
 
     # Interleaved timing, then peak memory, one subprocess per row.
     series = timed_rounds(rows, built, batches, generators, gen_batches, args)
-    memory = {row.key: {"peak_mib": float("nan")} for row in rows}
+    memory = {row.key: {"peak_mib": None} for row in rows}  # None: not measured
     for row in rows if not args.skip_memory else []:
         memory[row.key] = run_memory_worker(row, args)
         print(f"memory of row {row.key}: {memory[row.key]['peak_mib']:.0f} MiB", file=sys.stderr)
@@ -411,8 +452,8 @@ def main(argv=None):
                "generation_max_len_a": length_ratio,
                "rows": [vars(row) for row in rows], "memory": memory, "series": series,
                "summary": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"results written to {args.out}", file=sys.stderr)
     for kind in ("cpu", "wall"):
         print(table(summary, memory, rows, kind) + "\n")
         for name, check in summary["targets"][kind].items():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench import ROWS, CACHE, binarize, build_trainer, train_batches
+from bench import CACHE, ROWS, binarize, build_trainer, positive_int, train_batches
 
 GROUPS = {
     "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -33,15 +33,24 @@ GROUPS = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="+", default=["1", "2f"],
-                        help="keys of the rows of bench.py to profile (default 1 2f)")
-    parser.add_argument("--top", type=int, default=12, help="heaviest operators to list")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--batches", type=int, default=3, help="fixed training batches")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+                        help="keys of the rows of bench.py to profile (default %(default)s)")
+    parser.add_argument("--top", type=positive_int, default=12,
+                        help="heaviest torch operators to list (default %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads (default %(default)s)")
+    parser.add_argument("--batches", type=positive_int, default=3,
+                        help="fixed training batches (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="sentences per batch (default %(default)s)")
     parser.add_argument("--cache", type=Path, default=CACHE,
                         help="folder for the binarized EWT data (default benchmarks/cache)")
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    keys = [row.key for row in ROWS]
+    unknown = [key for key in args.rows if key not in keys]
+    if unknown:
+        parser.error(f"unknown row keys {unknown}: choose from {keys}, the rows of bench.py")
+    return args
 
 
 def profile_row(row, data_bin, args):
@@ -75,10 +84,6 @@ def main(argv=None):
     logging.disable(logging.WARNING)
     data_bin = binarize(args.cache)
     by_key = {row.key: row for row in ROWS}
-    unknown = [key for key in args.rows if key not in by_key]
-    if unknown:
-        raise SystemExit(
-            f"unknown row keys {unknown}: choose from {list(by_key)}, the rows of bench.py")
     for key in args.rows:
         groups, operators, calls = profile_row(by_key[key], data_bin, args)
         total = sum(groups.values())
@@ -88,7 +93,8 @@ def main(argv=None):
             ms = groups.get(group, 0.0)
             print(f"  {group:<18} {ms:7.0f} ms  {100 * ms / total:5.1f} %")
         print("  heaviest operators:")
-        for name, ms in sorted(operators.items(), key=lambda item: -item[1])[:args.top]:
+        aten = {name: ms for name, ms in operators.items() if name.startswith("aten::")}
+        for name, ms in sorted(aten.items(), key=lambda item: -item[1])[:args.top]:
             print(f"    {name:<36} {ms:7.1f} ms")
         print()
 

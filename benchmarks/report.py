@@ -82,6 +82,11 @@ def spread(stats: dict, digits: int) -> str:
             f"[{stats['q1']:.{digits}f}, {stats['q3']:.{digits}f}]")
 
 
+def peak_cell(peak_mib) -> str:
+    """Format a peak memory in MiB, or "-" where it was not measured (``None``)."""
+    return "-" if peak_mib is None else f"{peak_mib:.0f}"
+
+
 def table(summary: dict, memory: dict, rows, kind: str) -> str:
     """Return the results as a Markdown table for one clock (``cpu`` or ``wall``)."""
     lines = [
@@ -96,7 +101,7 @@ def table(summary: dict, memory: dict, rows, kind: str) -> str:
                      f"{spread(generation['ratio_to_lstm'], 2)}") if generation else "- | -"
         lines.append(
             f"| {row.key} | {row.label} | {spread(stats['update_ms'], 0)} "
-            f"| {spread(stats['ratio_to_row_1'], 2)} | {memory[row.key]['peak_mib']:.0f} "
+            f"| {spread(stats['ratio_to_row_1'], 2)} | {peak_cell(memory[row.key]['peak_mib'])} "
             f"| {gen_cells} |")
     if "output_layer_floor_ms" in summary:
         lines.append("")

@@ -12,6 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import bench  # noqa: E402
 import measure  # noqa: E402
 import profile_rows  # noqa: E402
 import report  # noqa: E402
@@ -115,6 +116,41 @@ def test_table_lists_every_row():
     assert "- Halo overhead of row 3 over row 2, in floors: 0.80 [0.80, 0.80]" in lines
 
 
+def test_table_marks_unmeasured_memory():
+    summary = summary_for([0.9] * 3, [1.3] * 3, [0.5] * 3, [0.8] * 3)
+    memory = {row.key: {"peak_mib": None} for row in ROWS}
+    line = report.table(summary, memory, ROWS, "cpu").splitlines()[2]
+    assert "| 1.00 [1.00, 1.00] | - |" in line
+
+
+# Command-line checks, before any measuring
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "2F"], "unknown row keys ['2F']: choose from ['1', '2', '2f'"),
+    (["--rounds", "0"], "--rounds: must be at least 1, got 0"),
+    (["--warmup-rounds", "-1"], "--warmup-rounds must be at least 0, got -1"),
+    ([], "--out is required"),
+])
+def test_bench_rejects_bad_options(capsys, tmp_path, argv, message):
+    out = [] if argv == [] else ["--out", str(tmp_path / "result.json")]
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv + out)
+    assert message in capsys.readouterr().err
+
+
+def test_bench_rejects_folder_as_out(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", str(tmp_path)])
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_profile_rejects_unknown_row(capsys):
+    with pytest.raises(SystemExit):
+        profile_rows.parse_args(["--rows", "5"])
+    assert "unknown row keys ['5']" in capsys.readouterr().err
+
+
 # Probes on a tiny model
 
 
@@ -166,7 +202,9 @@ def test_bench_runs_on_ewt(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
 
+    assert "NaN" not in out.read_text()  # strict JSON, with null for unmeasured memory
     results = json.loads(out.read_text())
+    assert results["memory"]["3"] == {"peak_mib": None}
     assert [row["key"] for row in results["rows"]] == ["1", "2", "3"]
     assert results["environment"]["target_vocab"] >= 10000
     assert results["environment"]["train_batches"][0][0] == 4
