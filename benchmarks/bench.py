@@ -95,6 +95,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options that pick the training batches and threads (shared with profile_rows)."""
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads on CPU (see README) (default %(default)s)")
+    parser.add_argument("--batches", type=positive_int, default=3,
+                        help="fixed training batches per row and round (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="sentences per training batch (default %(default)s)")
+    parser.add_argument("--cache", type=Path, default=CACHE,
+                        help="folder for the binarized EWT data (default benchmarks/cache)")
+
+
+def check_row_keys(parser: argparse.ArgumentParser, keys: List[str]) -> None:
+    """Stop with a usage error that lists the choices if a key names no row of ``ROWS``."""
+    known = [row.key for row in ROWS]
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        parser.error(f"unknown row keys {unknown}: choose from {known}, the rows of bench.py")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -104,16 +124,11 @@ def parse_args(argv=None):
                         help="write the results as JSON to this file (required)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to train and decode (default %(default)s)")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="torch intra-op threads on CPU (see README) (default %(default)s)")
     parser.add_argument("--rounds", type=positive_int, default=7,
                         help="timed rounds over all rows (default %(default)s)")
     parser.add_argument("--warmup-rounds", type=int, default=1,
                         help="untimed rounds before the timed ones (default %(default)s)")
-    parser.add_argument("--batches", type=positive_int, default=3,
-                        help="fixed training batches per row and round (default %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="sentences per training batch (default %(default)s)")
+    add_training_options(parser)
     parser.add_argument("--gen-batches", type=positive_int, default=3,
                         help="test batches decoded per model and round (default %(default)s)")
     parser.add_argument("--gen-batch-size", type=positive_int, default=32,
@@ -122,17 +137,12 @@ def parse_args(argv=None):
                         help="beam size of the decoding timing (default %(default)s)")
     parser.add_argument("--rows", nargs="+", default=[row.key for row in ROWS],
                         help="keys of the rows to run; row 1 is always run (default %(default)s)")
-    parser.add_argument("--cache", type=Path, default=CACHE,
-                        help="folder for the binarized EWT data (default benchmarks/cache)")
     parser.add_argument("--skip-memory", action="store_true",
                         help="skip the peak-memory subprocesses (quick timing checks)")
     parser.add_argument("--memory-worker", metavar="KEY",
                         help=argparse.SUPPRESS)  # internal: measure one row's peak memory
     args = parser.parse_args(argv)
-    keys = [row.key for row in ROWS]
-    unknown = [key for key in args.rows if key not in keys]
-    if unknown:
-        parser.error(f"unknown row keys {unknown}: choose from {keys}")
+    check_row_keys(parser, args.rows)
     if args.warmup_rounds < 0:
         parser.error(f"--warmup-rounds must be at least 0, got {args.warmup_rounds}")
     if args.memory_worker is None:

@@ -16,11 +16,18 @@ reason.
 import argparse
 import logging
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-from bench import CACHE, ROWS, binarize, build_trainer, positive_int, train_batches
+from bench import (
+    ROWS,
+    add_training_options,
+    binarize,
+    build_trainer,
+    check_row_keys,
+    positive_int,
+    train_batches,
+)
 
 GROUPS = {
     "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -36,20 +43,10 @@ def parse_args(argv=None):
                         help="keys of the rows of bench.py to profile (default %(default)s)")
     parser.add_argument("--top", type=positive_int, default=12,
                         help="heaviest torch operators to list (default %(default)s)")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="torch intra-op threads (default %(default)s)")
-    parser.add_argument("--batches", type=positive_int, default=3,
-                        help="fixed training batches (default %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="sentences per batch (default %(default)s)")
-    parser.add_argument("--cache", type=Path, default=CACHE,
-                        help="folder for the binarized EWT data (default benchmarks/cache)")
+    add_training_options(parser)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    keys = [row.key for row in ROWS]
-    unknown = [key for key in args.rows if key not in keys]
-    if unknown:
-        parser.error(f"unknown row keys {unknown}: choose from {keys}, the rows of bench.py")
+    check_row_keys(parser, args.rows)
     return args
 
 
