@@ -431,7 +431,7 @@ def main(argv=None):
         print(json.dumps(memory_worker(args)))
         return
 
-    # Fail on an output path that cannot be written before any measuring.
+    # Create the output folder now, so that an unusable --out fails before any measuring.
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     # Build every row, the fixed batches and one generator per model.

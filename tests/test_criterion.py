@@ -451,15 +451,14 @@ def test_half_precision_model_loss_float32(build_criterion, build_model, sample,
     assert all(torch.isfinite(grad).all() for grad in grads)
 
 
-
 # Host reads
 
 
 @pytest.mark.parametrize("input_feeding", [False, True])
 def test_training_step_reads_host_once(build_criterion, build_model, sample, count_host_reads,
                                        input_feeding):
-    # The source lengths are copied once per batch for packing, whatever the number of layers;
-    # nothing else in the forward and backward passes reads a tensor value on the host.
+    # Packing copies the source lengths to the host once per batch, whatever the number of
+    # layers. Nothing else in the forward and backward passes reads a tensor value there.
     model = build_model(encoder_layers=3, decoder_layers=3, encoder_bidirectional=True,
                         input_feeding=input_feeding, dropout=0.2).train()
     criterion = build_criterion(halo_samples=2)

@@ -62,10 +62,9 @@ class ResidualLSTMStack(nn.Module):
         """
         final = []
         if lengths is not None:
-            # Packing needs the lengths on the CPU: one copy per batch, a device sync on GPU.
-            # The stack sorts the batch by length itself, as pack_padded_sequence would, and
-            # restores the order on the device. torch's own restoring path copies the order to
-            # the CPU in every layer.
+            # Packing needs the lengths on the CPU, one copy (a device sync on GPU) per batch.
+            # Sorting here lets the order be restored on the device, where torch's
+            # pad_packed_sequence would copy it to the CPU in every layer.
             sorted_lengths, order = torch.sort(lengths.cpu(), descending=True)
             order = order.to(x.device)  # (B,)
             restore = torch.argsort(order)  # (B,)
